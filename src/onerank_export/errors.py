@@ -1,0 +1,41 @@
+"""User-facing errors.
+
+Every error a user can cause (bad checkpoint, bad request, bad option) is raised as a
+subclass of `OneRankError` with a single-line message that names the problem and the
+fix. The CLI prints it as one line and exits 1; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class OneRankError(Exception):
+    """Base class: a one-line, user-facing message."""
+
+    def __init__(self, message: str) -> None:
+        # One line, always: a newline would break CI log parsing and the CLI contract.
+        super().__init__(" ".join(str(message).split()))
+
+
+class ConfigError(OneRankError):
+    """config.json (or a config override) is invalid."""
+
+
+class CheckpointError(OneRankError):
+    """A checkpoint directory, its config or its weights are missing or inconsistent."""
+
+
+class RequestError(OneRankError):
+    """A request does not follow the serving contract (names, dtypes, shapes, id ranges)."""
+
+
+class DataError(OneRankError):
+    """Calibration / evaluation data files are unreadable or invalid."""
+
+
+class StageError(OneRankError):
+    """A pipeline stage could not run (missing tool, failed build)."""
+
+
+class CheckFailed(OneRankError):
+    """A gate (parity, accuracy) failed; the report says by how much."""

@@ -1,0 +1,80 @@
+"""Runners for the backends available everywhere: PyTorch eager (dense and serving graph) and
+ONNX Runtime. TensorRT and Triton runners live beside them in their own modules."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onerank_export import spec
+from onerank_export.export.serving_graph import ServingGraph
+from onerank_export.model.onerank import OneRankModel
+from onerank_export.parity.runner import Runner, RunnerUnavailable
+
+
+def _to_torch(feed: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
+
+
+class EagerDenseRunner(Runner):
+    """The reference model as trained: one masked attention over every token (fused SDPA)."""
+
+    def __init__(self, model: OneRankModel, name: str = "eager-dense") -> None:
+        super().__init__(name)
+        self.model = model
+
+    def activate_impl(self) -> None:
+        self.model.eval()
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            return {"scores": self.model(**_to_torch(feed)).scores.numpy()}
+
+
+class EagerServingRunner(Runner):
+    """The request-structured serving graph in PyTorch eager (what gets exported)."""
+
+    def __init__(self, model: OneRankModel, name: str = "eager-serving") -> None:
+        super().__init__(name)
+        self.graph = ServingGraph(model)
+
+    def activate_impl(self) -> None:
+        self.graph.eval()
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            return {"scores": self.graph(**_to_torch(feed)).numpy()}
+
+
+class OnnxRuntimeRunner(Runner):
+    """An ONNX model in ONNX Runtime (CPU by default). The custom op runs from its FunctionProto."""
+
+    def __init__(self, path: str | Path, name: str = "onnxruntime", *,
+                 providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None) -> None:
+        super().__init__(name)
+        self.path = Path(path)
+        self.providers = list(providers)
+        self.threads = threads
+        self.session = None
+
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        missing = [p for p in self.providers if p not in ort.get_available_providers()]
+        if missing:
+            raise RunnerUnavailable(f"onnxruntime has no {missing[0]} here")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads or min(os.cpu_count() or 1, 8)
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run(list(spec.OUTPUT_NAMES), dict(feed))
+        return dict(zip(spec.OUTPUT_NAMES, outputs, strict=True))
+
+    def deactivate_impl(self) -> None:
+        self.session = None
