@@ -68,6 +68,7 @@ def child(runner: str, hist_len: int, cands: int, onnx_path: str, min_seconds: f
 
     import numpy as np
     import torch
+
     from onerank_export.export.serving_graph import ServingGraph
     from onerank_export.model.onerank import OneRankModel
     from onerank_export.parity.cases import random_request
