@@ -1,0 +1,59 @@
+"""`verify` passes a correct ONNX, fails a wrong one, and always leaves JSON + JUnit reports."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import onnx
+import pytest
+from helpers import make_tiny_model
+from onnx import numpy_helper
+
+from onerank_export.cli.main import main
+from onerank_export.export.onnx_export import export_onnx
+from onerank_export.model.checkpoint import checkpoint_digest, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify")
+    ckpt = save_checkpoint(make_tiny_model(seed=4), root / "ckpt")
+    path = root / "tiny.fp32.onnx"
+    export_onnx(make_tiny_model(seed=4), path, metadata={"onerank.checkpoint_sha256": checkpoint_digest(ckpt)})
+    return ckpt, path
+
+
+def test_verify_passes_a_faithful_export_and_writes_reports(capsys, tiny, tmp_path):
+    ckpt, path = tiny
+    code = main(["verify", "--checkpoint", str(ckpt), "--onnx", str(path), "--shape", "3x41x17",
+                 "--reports", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["passed"] and report["counts"]["failed"] == 0
+    assert {c["case"] for c in report["cases"]} >= {"b3-l41-n17", "b2-empty-history", "b3-all-padding-row"}
+    runners = {c["runner"] for c in report["cases"]}
+    assert runners == {"eager-serving", f"onnxruntime:{path.name}"}
+    assert all(o["max_abs"] <= 1e-5 for c in report["cases"] for o in c["outputs"])
+    suite = ET.parse(tmp_path / "junit.xml").getroot()
+    assert suite.get("failures") == "0" and int(suite.get("tests")) == len(report["cases"]) + len(report["invariances"]) == 12 + 9
+
+
+def test_verify_fails_an_onnx_whose_weights_were_altered(capsys, tiny, tmp_path):
+    ckpt, path = tiny
+    proto = onnx.load(str(path))
+    for init in proto.graph.initializer:
+        if init.name == "layers.1.ffn.down.weight_t":
+            arr = numpy_helper.to_array(init).copy()
+            arr[0, 0] += 0.05  # one weight, small change: exactly what a broken converter does
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    bad = tmp_path / "altered.onnx"
+    onnx.save(proto, str(bad))
+    code = main(["verify", "--checkpoint", str(ckpt), "--onnx", str(bad), "--reports", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "parity failed" in captured.err and len(captured.err.strip().splitlines()) == 1
+    report = json.loads((tmp_path / "r" / "parity.json").read_text())
+    failed = [c for c in report["cases"] if c["status"] == "failed"]
+    assert failed and all(c["runner"].startswith("onnxruntime") for c in failed)
