@@ -37,7 +37,8 @@ def test_verify_passes_a_faithful_export_and_writes_reports(capsys, tiny, tmp_pa
     assert runners == {"eager-serving", f"onnxruntime:{path.name}"}
     assert all(o["max_abs"] <= 1e-5 for c in report["cases"] for o in c["outputs"])
     suite = ET.parse(tmp_path / "junit.xml").getroot()
-    assert suite.get("failures") == "0" and int(suite.get("tests")) == len(report["cases"]) + len(report["invariances"]) == 12 + 9
+    assert suite.get("failures") == "0"
+    assert int(suite.get("tests")) == len(report["cases"]) + len(report["invariances"]) == 12 + 9
 
 
 def test_verify_fails_an_onnx_whose_weights_were_altered(capsys, tiny, tmp_path):
