@@ -102,7 +102,7 @@ def plan_stages(options: BuildOptions) -> list[Stage]:
     stages += [(f"precision {p}", precision_stage(p)) for p in options.precisions]
     stages += [("parity", parity_stage), ("engine", engine_stage)]
     if options.triton:
-        stages.append(("triton repository", triton_stage))
+        stages.append(("triton", triton_stage))
     return stages
 
 
