@@ -27,8 +27,10 @@ SHAPES = [(256, 128), (256, 512)]  # (L, N)
 CONCURRENCY = (1, 4, 8)
 
 
-def closed_loop(score, feed, clients: int, seconds: float) -> dict:
+def closed_loop(make_score, feed, clients: int, seconds: float) -> dict:
+    """`clients` threads, each with its own scorer (HTTP clients are not shareable across threads)."""
     def worker(_: int) -> list[float]:
+        score = make_score()
         out = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -73,24 +75,17 @@ def main() -> int:
         ort_runner.activate()
         with TritonServer(out / CPU_DIR) as server:
             url = server.http_url if args.protocol == "http" else server.grpc_url
-            clients: dict[int, OneRankClient] = {}
+            def triton_scorer():
+                return OneRankClient(url, protocol=args.protocol, validate=False).score
 
-            def triton_score(feed):
-                import threading
-
-                key = threading.get_ident()
-                if key not in clients:
-                    clients[key] = OneRankClient(url, protocol=args.protocol, validate=False)
-                return clients[key].score(feed)
+            def ort_scorer():
+                return ort_runner.infer
 
             for L, N in SHAPES:
                 feed = random_request(cfg, np.random.default_rng(0), 1, L, N, full=True)
-                for _ in range(5):
-                    triton_score(feed)
-                    ort_runner.infer(feed)
+                closed_loop(triton_scorer, feed, 1, 1.0)  # warm-up
                 for c in CONCURRENCY:
-                    for runner, fn in ((f"triton-{args.protocol}", triton_score), ("ort in-process",
-                                                                                   ort_runner.infer)):
+                    for runner, fn in ((f"triton-{args.protocol}", triton_scorer), ("ort in-process", ort_scorer)):
                         r = {"runner": runner, "L": L, "N": N, "concurrency": c,
                              **closed_loop(fn, feed, c, args.seconds)}
                         rows.append(r)
