@@ -40,6 +40,7 @@ class BuildOptions:
     plugin_library: Path | None = None
     triton: bool = True
     calibration_method: str = "minmax"
+    calibration_data: Path | None = None  # .npz / .parquet requests; None = the demo generator
     tolerances: dict[str, Tolerance] = field(default_factory=dict)
     force: bool = False
     seed: int = 0
@@ -47,6 +48,7 @@ class BuildOptions:
     def describe(self) -> dict:
         return {"precisions": list(self.precisions), "engine": self.engine, "triton": self.triton,
                 "calibration_method": self.calibration_method, "seed": self.seed,
+                "calibration_data": str(self.calibration_data) if self.calibration_data else None,
                 "plugin_library": str(self.plugin_library) if self.plugin_library else None,
                 "tolerances": {p: {"atol": t.atol, "rtol": t.rtol} for p, t in self.tolerances.items()}}
 

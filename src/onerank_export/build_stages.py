@@ -47,7 +47,8 @@ def precision_stage(precision: str) -> Callable[[BuildState], StageResult]:
         from onerank_export.calibration.stage import run_precision_stage
 
         result = run_precision_stage(precision, state.onnx["fp32"], state.model, state.work,
-                                     method=state.options.calibration_method, seed=state.options.seed)
+                                     method=state.options.calibration_method, seed=state.options.seed,
+                                     data=state.options.calibration_data)
         onnx_path = result.artifacts.get(f"onnx_{precision}")
         if onnx_path is not None and onnx_path.is_file():
             state.onnx[precision] = onnx_path

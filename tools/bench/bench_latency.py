@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 SWEEP = [(256, 128), (256, 512), (256, 2048), (64, 512), (1024, 512)]  # (L, N)
-RUNNERS = ("eager-dense", "eager-serving", "ort-fp32")
+RUNNERS = ("eager-dense", "eager-serving", "ort-fp32", "ort-fp16", "ort-int8")
 THREADS = 2
 
 
@@ -111,15 +111,35 @@ def child(runner: str, hist_len: int, cands: int, onnx_path: str, min_seconds: f
 
 
 def export_bench_onnx(directory: Path, precisions: list[str]) -> dict[str, str]:
+    """fp32 export, and the fp16 / int8 variants the calibration package makes from it (calibrated
+    on random requests: the weights are random too, and latency does not depend on the values)."""
+    import numpy as np
+    import onnx
     import torch
 
+    from onerank_export.calibration.fp16 import convert_fp16
+    from onerank_export.calibration.int8 import quantize_int8
     from onerank_export.export.onnx_export import export_onnx
     from onerank_export.model.onerank import OneRankModel
+    from onerank_export.parity.cases import random_request
 
     torch.manual_seed(0)
+    cfg = bench_config()
     path = directory / "bench.fp32.onnx"
-    export_onnx(OneRankModel(bench_config()).eval(), path)
-    return {"fp32": str(path)}
+    export_onnx(OneRankModel(cfg).eval(), path)
+    paths = {"fp32": str(path)}
+    rng = np.random.default_rng(0)
+    batches = [random_request(cfg, rng, 4, 64, 64) for _ in range(4)]
+    for precision in precisions:
+        if precision == "fp16":
+            proto = convert_fp16(onnx.load(str(path)), batches).proto
+        elif precision == "int8":
+            proto = quantize_int8(path, batches, method="minmax").proto
+        else:
+            continue
+        paths[precision] = str(directory / f"bench.{precision}.onnx")
+        onnx.save(proto, paths[precision])
+    return paths
 
 
 def main() -> int:
@@ -143,7 +163,7 @@ def main() -> int:
     console.print(f"matmul peak (torch fp32 1024^3, {THREADS} threads): {peak:.1f} GFLOP/s")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_paths = export_bench_onnx(Path(tmp), ["fp32"])
+        onnx_paths = export_bench_onnx(Path(tmp), ["fp32", "fp16", "int8"])
         for hist_len, cands in SWEEP:
             for runner in RUNNERS:
                 onnx_path = onnx_paths.get(runner.removeprefix("ort-"), "")
@@ -185,13 +205,17 @@ def summarise(rows: list[dict]) -> dict:
         return next((r["p50_ms"] for r in rows if (r["runner"], r["hist_len"], r["num_candidates"]) ==
                      (runner, hist_len, cands)), float("nan"))
 
-    dense, serving, ort = (p50(r, 256, 512) for r in RUNNERS)
+    dense, serving, ort, ort16, ort8 = (p50(r, 256, 512) for r in RUNNERS)
     growth = p50("ort-fp32", 256, 2048) / p50("ort-fp32", 256, 128)
     out = {"ort_vs_dense_L256_N512": dense / ort, "ort_vs_serving_L256_N512": serving / ort,
-           "ort_growth_N128_to_N2048": growth}
+           "ort_growth_N128_to_N2048": growth, "int8_vs_fp32_ort_L256_N512": ort / ort8,
+           "fp16_vs_fp32_ort_L256_N512": ort / ort16}
     out["lines"] = [f"L=256 N=512: ORT fp32 is {out['ort_vs_dense_L256_N512']:.2f}x faster than eager-dense, "
                     f"{out['ort_vs_serving_L256_N512']:.2f}x faster than eager-serving",
-                    f"ORT fp32 latency grows {growth:.1f}x from N=128 to N=2048 (16x more candidates)"]
+                    f"ORT fp32 latency grows {growth:.1f}x from N=128 to N=2048 (16x more candidates)",
+                    f"L=256 N=512: ORT int8 runs at {out['int8_vs_fp32_ort_L256_N512']:.2f}x and ORT fp16 at "
+                    f"{out['fp16_vs_fp32_ort_L256_N512']:.2f}x the speed of ORT fp32 on this CPU "
+                    "(tools/bench/profile_int8.py says why)"]
     return out
 
 

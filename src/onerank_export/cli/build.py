@@ -28,6 +28,9 @@ class ConsoleUI:
               help="Reduced-precision variants to produce (repeatable). Default: fp16 and int8.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="INT8 activation calibration.")
+@click.option("--calibration-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Labelled requests (.npz or .parquet, serving-contract names) for INT8/FP16 calibration and "
+                   "the accuracy report. Default: the demo generator.")
 @click.option("--engine", type=click.Choice(["auto", "require", "skip"]), default="auto", show_default=True,
               help="TensorRT engines: auto builds where CUDA + TensorRT exist, require fails without them.")
 @click.option("--plugin", "plugin_library", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -37,7 +40,8 @@ class ConsoleUI:
               help='JSON {"fp16": {"atol": 0.005}, ...} overriding per-precision parity tolerances.')
 @click.option("--force", is_flag=True, help="Replace --out even if it is not an earlier build.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration and parity requests.")
-def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calibration_method: str, engine: str,
+def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calibration_method: str,
+          calibration_data: Path | None, engine: str,
           plugin_library: Path | None, triton: bool, tolerances: Path | None, force: bool, seed: int) -> int:
     """Checkpoint -> ONNX (fp32, fp16, int8) -> parity -> TensorRT engines -> Triton repository + manifest."""
     from onerank_export.build import PRECISIONS, BuildOptions, check_output_dir
@@ -58,9 +62,17 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
     if "none" in precisions and len(set(precisions)) > 1:
         raise click.BadParameter("'none' cannot be combined with other precisions", param_hint="--precision")
     ckpt, source = resolve_checkpoint(checkpoint)
+    if calibration_data is not None and chosen:  # every data error before the slow stages
+        from onerank_export.calibration.data import prepare_data
+        from onerank_export.calibration.settings import CalibrationSettings
+        from onerank_export.config import OneRankConfig
+
+        prepare_data(OneRankConfig.load(ckpt / "config.json"), CalibrationSettings(chosen[0], seed=seed),
+                     calibration_data, None)
     options = BuildOptions(checkpoint=ckpt, out=out, checkpoint_source=source, precisions=chosen, engine=engine,
                            plugin_library=plugin_library, triton=triton, calibration_method=calibration_method,
-                           tolerances=load_tolerances(tolerances), force=force, seed=seed)
+                           calibration_data=calibration_data, tolerances=load_tolerances(tolerances), force=force,
+                           seed=seed)
     console.print(f"building {out}/ from {source} checkpoint {ckpt}")
     outcome = run_build(options, ConsoleUI())
     verdict = "[green]passed[/]" if outcome.passed else "[bold red]FAILED[/]"

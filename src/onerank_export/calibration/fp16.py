@@ -1,0 +1,221 @@
+"""FP16: a strongly typed fp16 ONNX with fp32 islands, the input TensorRT 10/11 builds as it is.
+
+Which nodes stay fp32 (selection.fp16_plan): normalisation, softmax and long reductions by op
+type, plus any node whose activations on the calibration requests exceed `data_max` (NVIDIA
+AutoCast's rule and default, 512, leaving headroom under fp16's 65504 for what the data did not
+show). Infinities are ignored there: the attention masks hold -inf on purpose and fp16 has it too.
+
+The converter rewrites types in one pass: a float tensor is produced in fp16 by an fp16 node
+and in fp32 otherwise; a consumer that needs the other type reads one shared Cast (one per
+tensor and direction, so casts appear only where the type changes). Initializers are stored in
+the type their consumers need (a copy only when both need it). The model's inputs and outputs
+keep the serving contract (fp32 cand_features in, fp32 scores out). The MatchingScore node takes
+fp16 z and r; its FunctionProto casts to fp32 and accumulates there, its output stays fp32.
+
+onnxconverter-common's float16 converter was tried first (1.16): it emitted 77 Casts, rewrote
+the -inf masks to -10000 and left a Cast's `to` inconsistent, so onnx.checker and ORT rejected
+the result.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onerank_export.calibration.graph import FLOAT, FLOAT16, finalize_precision_model, initializers, tensor_types
+from onerank_export.calibration.selection import NodeChoice, fp16_plan
+from onerank_export.export.custom_op import MATCHING_SCORE
+
+FP16_MAX = float(np.finfo(np.float16).max)
+FP16_TINY = 2.0**-24  # smallest fp16 subnormal: smaller magnitudes flush to 0
+TYPE_AGNOSTIC_INPUTS = frozenset({"Shape", "Size", "Cast"})  # read any element type
+
+
+@dataclass
+class Fp16Model:
+    proto: onnx.ModelProto
+    plan: list[NodeChoice]
+    ranges: dict[str, dict[str, float]]  # tensor -> absmax (finite), non-finite and flush-to-zero counts
+    casts: int
+
+    @property
+    def fp32_nodes(self) -> list[NodeChoice]:
+        return [c for c in self.plan if not c.low_precision]
+
+
+def activation_ranges(fp32: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Run the fp32 model with every float tensor as an output; per-tensor magnitude statistics."""
+    import onnxruntime as ort
+
+    types = tensor_types(fp32)
+    probe = copy.deepcopy(fp32)
+    existing = {o.name for o in probe.graph.output}
+    consts = set(initializers(probe.graph))
+    for node in probe.graph.node:
+        for out in node.output:
+            if types.get(out) == FLOAT and out not in existing and out not in consts:
+                probe.graph.output.append(helper.make_tensor_value_info(out, FLOAT, None))
+                existing.add(out)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    stats = {n: {"absmax": 0.0, "nonfinite": 0, "flushed": 0, "nonzero": 0} for n in names}
+    for feed in batches:
+        for name, value in zip(names, session.run(names, feed), strict=True):
+            _accumulate(stats[name], np.asarray(value))
+    for init in fp32.graph.initializer:
+        if init.data_type == FLOAT:
+            stats[init.name] = {"absmax": 0.0, "nonfinite": 0, "flushed": 0, "nonzero": 0}
+            _accumulate(stats[init.name], numpy_helper.to_array(init))
+    return stats
+
+
+def _accumulate(stat: dict[str, float], value: np.ndarray) -> None:
+    mag = np.abs(value)
+    finite = np.isfinite(mag)
+    mag = np.where(finite, mag, 0)
+    if mag.size:
+        stat["absmax"] = max(stat["absmax"], float(mag.max()))
+    stat["nonfinite"] += int(mag.size - finite.sum())
+    stat["nonzero"] += int(np.count_nonzero(mag))
+    stat["flushed"] += int(np.count_nonzero((mag > 0) & (mag < FP16_TINY)))
+
+
+def range_blocked_nodes(model: onnx.ModelProto, ranges: dict[str, dict[str, float]], data_max: float) -> dict[str, str]:
+    """{node: reason} for nodes whose float inputs/outputs exceed the limits on calibration data."""
+    consts = set(initializers(model.graph))
+    out = {}
+    for node in model.graph.node:
+        for name in (*node.input, *node.output):
+            stat = ranges.get(name)
+            if stat is None:
+                continue
+            limit = FP16_MAX if name in consts else data_max
+            if stat["absmax"] > limit:
+                what = "initializer" if name in consts else "activation"
+                out[node.name] = (f"{what} '{name}' reaches |{stat['absmax']:.4g}| on calibration data "
+                                  f"(> {limit:g})")
+                break
+    return out
+
+
+def convert_fp16(fp32: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]], *, data_max: float = 512.0,
+                 keep_float: Sequence[str] = (), force_low: Sequence[str] = (),
+                 extra_metadata: dict[str, str] | None = None) -> Fp16Model:
+    types = tensor_types(fp32)
+    ranges = activation_ranges(fp32, batches)
+    plan = fp16_plan(fp32, types, range_blocked_nodes(fp32, ranges, data_max), keep_float, force_low)
+    proto, casts = _rewrite(fp32, {c.name for c in plan if c.low_precision}, types)
+    meta = {"onerank.fp16.fp32_nodes": str(sum(not c.low_precision for c in plan)), **(extra_metadata or {})}
+    proto = finalize_precision_model(proto, fp32, "fp16", meta)
+    return Fp16Model(proto, plan, ranges, casts)
+
+
+def _wanted_inputs(node: onnx.NodeProto, low: set[str], types: dict[str, int]) -> list[int | None]:
+    """Element type each input must have after conversion (None: leave the input alone)."""
+    if node.op_type in TYPE_AGNOSTIC_INPUTS:
+        return [None] * len(node.input)
+    in_low = node.name in low
+    wanted: list[int | None] = []
+    for i, name in enumerate(node.input):
+        if not name or types.get(name) != FLOAT or (node.op_type == MATCHING_SCORE.op_type and i >= 2):
+            wanted.append(None)
+        else:
+            wanted.append(FLOAT16 if in_low else FLOAT)
+    return wanted
+
+
+def _rewrite(fp32: onnx.ModelProto, low: set[str], types: dict[str, int]) -> tuple[onnx.ModelProto, int]:
+    model = copy.deepcopy(fp32)
+    g = model.graph
+    consts = initializers(g)
+    # Float tensors produced in fp16: outputs of fp16 nodes (the scorer's output stays fp32).
+    produced16 = {out for n in g.node if n.name in low and n.op_type != MATCHING_SCORE.op_type
+                  for out in n.output if types.get(out) == FLOAT}
+    wants = [_wanted_inputs(n, low, types) for n in g.node]  # aligned with g.node
+    init_wants: dict[str, set[int]] = {}
+    for node, node_wants in zip(g.node, wants, strict=True):
+        for name, want in zip(node.input, node_wants, strict=True):
+            if want is not None and name in consts:
+                init_wants.setdefault(name, set()).add(want)
+    renamed = _store_initializers(g, consts, init_wants)
+
+    casts: dict[tuple[str, int], onnx.NodeProto] = {}
+    nodes = []
+    for node, node_wants in zip(g.node, wants, strict=True):
+        for i, (name, want) in enumerate(zip(node.input, node_wants, strict=True)):
+            if want is None:
+                continue
+            if name in consts:
+                node.input[i] = renamed.get((name, want), name)
+                continue
+            have = FLOAT16 if name in produced16 else FLOAT
+            if have != want:
+                key = (name, want)
+                if key not in casts:
+                    suffix = "fp16" if want == FLOAT16 else "fp32"
+                    casts[key] = helper.make_node("Cast", [name], [f"{name}/{suffix}"], to=want,
+                                                  name=f"{name}/cast_{suffix}")
+                    nodes.append(casts[key])
+                node.input[i] = casts[key].output[0]
+        if node.name in low:
+            _lower_attributes(node)
+        nodes.append(node)
+    nodes += _restore_float_outputs(g, produced16)
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    g.value_info.extend(inferred.graph.value_info)
+    return model, sum(n.op_type == "Cast" and n.name.endswith(("/cast_fp16", "/cast_fp32")) for n in g.node)
+
+
+def _store_initializers(g: onnx.GraphProto, consts: dict[str, onnx.TensorProto], init_wants: dict[str, set[int]]
+                        ) -> dict[tuple[str, int], str]:
+    """Convert fp16-only initializers in place; add an fp16 copy where both types are needed."""
+    renamed = {}
+    for name, wanted in init_wants.items():
+        if FLOAT16 not in wanted:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(consts[name]).astype(np.float16), name)
+        if wanted == {FLOAT16}:
+            consts[name].CopyFrom(half)
+        else:
+            half.name = f"{name}/fp16"
+            g.initializer.append(half)
+            renamed[(name, FLOAT16)] = half.name
+    return renamed
+
+
+def _lower_attributes(node: onnx.NodeProto) -> None:
+    """Float element types carried by attributes follow the node into fp16."""
+    for attr in node.attribute:
+        if node.op_type == "Cast" and attr.name == "to" and attr.i == FLOAT:
+            attr.i = FLOAT16
+        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == FLOAT:
+            attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
+    if node.op_type == "Constant" and any(a.name in ("value_float", "value_floats") for a in node.attribute):
+        attr = next(a for a in node.attribute if a.name in ("value_float", "value_floats"))
+        value = np.array(attr.f if attr.name == "value_float" else list(attr.floats), dtype=np.float16)
+        node.attribute.remove(attr)
+        node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(value)))
+
+
+def _restore_float_outputs(g: onnx.GraphProto, produced16: set[str]) -> list[onnx.NodeProto]:
+    """A graph output computed in fp16 gets a final Cast back to fp32 under its public name."""
+    extra = []
+    for out in g.output:
+        if out.name not in produced16:
+            continue
+        internal = f"{out.name}/fp16"
+        for node in g.node:
+            node.output[:] = [internal if x == out.name else x for x in node.output]
+            node.input[:] = [internal if x == out.name else x for x in node.input]
+        extra.append(helper.make_node("Cast", [internal], [out.name], to=FLOAT, name=f"{out.name}/cast_fp32"))
+    return extra
