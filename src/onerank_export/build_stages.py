@@ -83,8 +83,6 @@ def parity_stage(state: BuildState) -> StageResult:
 
 
 def engine_stage(state: BuildState) -> StageResult:
-    if state.options.engine == "skip":
-        return StageResult.skipped("engine", "--engine skip")
     from onerank_export.engine.stage import run_engine_stage
 
     result = run_engine_stage(dict(state.onnx), state.work, state.config, state.options.engine,

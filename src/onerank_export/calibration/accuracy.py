@@ -4,13 +4,11 @@ Spearman rank correlation; then the configured gates."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from onerank_export import spec
 from onerank_export.calibration.checks import Check
 from onerank_export.calibration.data import RequestSet
 from onerank_export.calibration.settings import AccuracyGates
@@ -43,15 +41,11 @@ class Gate:
 
 def run_onnx(model: onnx.ModelProto | bytes, requests: RequestSet, batch_size: int = 256) -> np.ndarray:
     """Scores [B, N, K] from ONNX Runtime CPU (the custom op runs from its FunctionProto)."""
-    import onnxruntime as ort
+    from onerank_export.parity.runners import OnnxRuntimeRunner
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = min(os.cpu_count() or 1, 8)
-    opts.log_severity_level = 3
     blob = model if isinstance(model, bytes) else model.SerializeToString()
-    session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-    parts = [session.run(list(spec.OUTPUT_NAMES), feed)[0] for feed in requests.batches(batch_size)]
-    return np.concatenate(parts)
+    with OnnxRuntimeRunner(blob) as runner:
+        return np.concatenate([runner.infer(feed)["scores"] for feed in requests.batches(batch_size)])
 
 
 def compare(reference: np.ndarray, scores: np.ndarray, requests: RequestSet, tasks: tuple[str, ...],

@@ -7,7 +7,6 @@ the report is always written once the run got that far, pass or fail.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from onerank_export.calibration.data import CalibrationData, prepare_data
 from onerank_export.calibration.graph import metadata, save_atomic
 from onerank_export.calibration.report import write_report
 from onerank_export.calibration.settings import CalibrationSettings
+from onerank_export.manifest import sha256_file
 from onerank_export.model.onerank import OneRankModel
 
 Progress = Callable[[str], None]
@@ -102,7 +102,7 @@ def calibrate(fp32_onnx: Path, model: OneRankModel, settings: CalibrationSetting
     model_info: dict = {"path": str(out), "written": passed}
     if passed:
         save_atomic(result.proto, out)
-        model_info["sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
+        model_info["sha256"] = sha256_file(out)
     else:
         model_info["reason"] = "a gate failed: the model is not written"
     seconds["total"] = time.perf_counter() - started
@@ -121,7 +121,7 @@ def calibrate(fp32_onnx: Path, model: OneRankModel, settings: CalibrationSetting
     }
     header = {"checkpoint_sha256": metadata(fp32).get("onerank.checkpoint_sha256"),
               "fp32_onnx": fp32_label or str(fp32_onnx),
-              "fp32_onnx_sha256": hashlib.sha256(fp32_onnx.read_bytes()).hexdigest(),
+              "fp32_onnx_sha256": sha256_file(fp32_onnx),
               "reference": "fp32 eager (dense PyTorch model)", "tasks": list(cfg.tasks)}
     report_path, plot_path = write_report(report_dir, header, precision, entry)
     return CalibrationOutcome(precision, passed, out if passed else None, report_path, plot_path, entry,

@@ -50,14 +50,9 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
 
     started = time.perf_counter()
     check_output_dir(out, force)  # before any slow work
-    if engine == "require":
-        from onerank_export.engine.availability import tensorrt_unavailable_reason
-        from onerank_export.errors import StageError
+    from onerank_export.engine.stage import unavailable_reason_for
 
-        reason = tensorrt_unavailable_reason()
-        if reason:
-            raise StageError(f"--engine require: cannot build TensorRT engines here ({reason}); "
-                             "run on a GPU host with TensorRT, or use --engine auto")
+    unavailable_reason_for(engine)  # --engine require without CUDA + TensorRT fails here, not after the export
     chosen = PRECISIONS if not precisions else tuple(p for p in PRECISIONS if p in precisions)
     if "none" in precisions and len(set(precisions)) > 1:
         raise click.BadParameter("'none' cannot be combined with other precisions", param_hint="--precision")

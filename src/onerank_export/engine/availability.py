@@ -23,16 +23,23 @@ def tensorrt_unavailable_reason() -> str | None:
     return " / ".join(missing) if missing else None
 
 
-def _cuda_device_present() -> bool:
+def load_libcuda():
+    """The CUDA driver library (ctypes.CDLL), or None where no NVIDIA driver is installed."""
     import ctypes
 
     for lib in ("libcuda.so.1", "libcuda.so"):
         try:
-            cuda = ctypes.CDLL(lib)
+            return ctypes.CDLL(lib)
         except OSError:
             continue
-        count = ctypes.c_int(0)
-        if cuda.cuInit(0) != 0:
-            return False
-        return cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
-    return False
+    return None
+
+
+def _cuda_device_present() -> bool:
+    import ctypes
+
+    cuda = load_libcuda()
+    if cuda is None or cuda.cuInit(0) != 0:
+        return False
+    count = ctypes.c_int(0)
+    return cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0

@@ -99,10 +99,11 @@ _CU_COMPUTE_CAPABILITY_MINOR = 76
 
 def cuda_device_identity(ordinal: int = 0) -> tuple[str, str]:
     """(name, "major.minor") of a CUDA device, through the driver API: TensorRT has no call for it."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        raise StageError("libcuda.so.1 not found: no NVIDIA driver on this host") from None
+    from onerank_export.engine.availability import load_libcuda
+
+    cuda = load_libcuda()
+    if cuda is None:
+        raise StageError("libcuda.so.1 not found: no NVIDIA driver on this host")
     device, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
     name = ctypes.create_string_buffer(256)
     calls = [("cuInit", cuda.cuInit(0)),

@@ -18,11 +18,12 @@ from pathlib import Path
 from onerank_export.config import OneRankConfig
 from onerank_export.engine.availability import tensorrt_unavailable_reason
 from onerank_export.engine.plan_metadata import plan_file_name
+from onerank_export.engine.plugin_build import STATIC_LIBRARY
 from onerank_export.errors import StageError
 from onerank_export.stages import StageResult, Status
 
 STAGE = "engine"
-PLUGIN_FILE = "libonerank_plugins.so"
+PLUGIN_FILE = STATIC_LIBRARY  # the self-registering library: what Triton and the runner load
 MODES = ("auto", "require", "skip")
 Progress = Callable[[str], None]
 
@@ -31,17 +32,24 @@ def _stderr(message: str) -> None:
     print(f"  engine: {message}", file=sys.stderr, flush=True)
 
 
-def run_engine_stage(onnx: dict[str, Path], out_dir: Path, config: OneRankConfig, mode: str,
-                     plugin_library: Path | None = None, *, progress: Progress = _stderr) -> StageResult:
+def unavailable_reason_for(mode: str) -> str | None:
+    """Why engines will not be built in this mode (None: they will). `require` without CUDA +
+    TensorRT is a one-line StageError; `build` calls this before any slow stage, the stage again."""
     if mode not in MODES:
         raise StageError(f"--engine {mode!r}: expected one of {', '.join(MODES)}")
     if mode == "skip":
-        return StageResult.skipped(STAGE, "--engine skip")
+        return "--engine skip"
     reason = tensorrt_unavailable_reason()
+    if reason and mode == "require":
+        raise StageError(f"--engine require: cannot build TensorRT engines here ({reason}); "
+                         "run on a GPU host with TensorRT, or use --engine auto")
+    return reason
+
+
+def run_engine_stage(onnx: dict[str, Path], out_dir: Path, config: OneRankConfig, mode: str,
+                     plugin_library: Path | None = None, *, progress: Progress = _stderr) -> StageResult:
+    reason = unavailable_reason_for(mode)
     if reason:
-        if mode == "require":
-            raise StageError(f"--engine require: cannot build TensorRT engines here ({reason}); "
-                             "run on a GPU host with TensorRT, or use --engine auto")
         return StageResult.skipped(STAGE, reason)
     if not onnx:
         return StageResult(STAGE, Status.FAILED, "no ONNX model to build an engine from")

@@ -51,12 +51,14 @@ class EagerServingRunner(Runner):
 
 
 class OnnxRuntimeRunner(Runner):
-    """An ONNX model in ONNX Runtime (CPU by default). The custom op runs from its FunctionProto."""
+    """An ONNX model in ONNX Runtime (CPU by default). The custom op runs from its FunctionProto.
 
-    def __init__(self, path: str | Path, name: str = "onnxruntime", *,
+    `model` is a file, or the serialized model itself (calibration scores models it never writes)."""
+
+    def __init__(self, model: str | Path | bytes, name: str = "onnxruntime", *,
                  providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None) -> None:
         super().__init__(name)
-        self.path = Path(path)
+        self.model = model if isinstance(model, bytes) else str(Path(model))
         self.providers = list(providers)
         self.threads = threads
         self.session = None
@@ -70,7 +72,7 @@ class OnnxRuntimeRunner(Runner):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads or min(os.cpu_count() or 1, 8)
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+        self.session = ort.InferenceSession(self.model, opts, providers=self.providers)
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(list(spec.OUTPUT_NAMES), dict(feed))

@@ -24,12 +24,13 @@ from onerank_export.parity.runner import Runner, RunnerUnavailable
 if TYPE_CHECKING:
     import tensorrt as trt
 
-PLUGIN_FILE = "libonerank_plugins.so"
 
 
 def default_plugin_for(plan: Path) -> Path | None:
     """`build`'s layout puts the plugin at DIR/plugins/ beside DIR/engines/<plan>."""
-    candidate = plan.resolve().parent.parent / "plugins" / PLUGIN_FILE
+    from onerank_export.engine.plugin_build import STATIC_LIBRARY
+
+    candidate = plan.resolve().parent.parent / "plugins" / STATIC_LIBRARY
     return candidate if candidate.is_file() else None
 
 

@@ -12,7 +12,6 @@ schema and compared, so what lands on disk is exactly what was validated.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from onerank_export import spec
 from onerank_export.config import OneRankConfig
+from onerank_export.manifest import sha256_file
 from onerank_export.parity.cases import random_request
 from onerank_export.stages import StageResult, Status
 from onerank_export.triton import model_config as mcfg
@@ -38,24 +38,26 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, onnx: dict[str,
         return StageResult.skipped("triton", "no fp32 ONNX to serve")
     artifacts: dict[str, Path] = {}
     prod = out_dir / PRODUCTION_DIR
+    warm = warmup_request(config)
     models = []
     for precision, plan in sorted(engines.items()):
         if plugin_library is None:
             return StageResult("triton", Status.FAILED, f"engine {plan.name} needs the plugin library, none was built")
         name = f"onerank_trt_{precision}"
-        cfg = mcfg.tensorrt_config(name, config, precision, warmup_files(prod / name, config))
+        cfg = mcfg.tensorrt_config(name, config, precision, write_warmup(prod / name, warm))
         cfg.parameters[PLUGIN_PARAMETER].string_value = str(plugin_library.relative_to(out_dir))
-        cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = _sha256(plugin_library)
+        cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = sha256_file(plugin_library)
         artifacts |= _write_model(prod / name, cfg, {"model.plan": plan})
         models.append(name)
     for precision, path in sorted(onnx.items()):
         name = f"onerank_onnx_{precision}"
-        cfg = mcfg.onnxruntime_config(name, config, precision, warmup_files(prod / name, config))
+        cfg = mcfg.onnxruntime_config(name, config, precision, write_warmup(prod / name, warm))
         artifacts |= _write_model(prod / name, cfg, {"model.onnx": path})
         models.append(name)
-    (prod / "README.md").write_text(launch_notes(plugin_library is not None and bool(engines)))
+    plugin = str(plugin_library.relative_to(out_dir)) if plugin_library is not None and engines else None
+    (prod / "README.md").write_text(launch_notes(plugin))
 
-    cpu_cfg = mcfg.python_onnx_config(CPU_MODEL, config, warmup_files(out_dir / CPU_DIR / CPU_MODEL, config))
+    cpu_cfg = mcfg.python_onnx_config(CPU_MODEL, config, write_warmup(out_dir / CPU_DIR / CPU_MODEL, warm))
     artifacts |= _write_model(out_dir / CPU_DIR / CPU_MODEL, cpu_cfg,
                               {"model.onnx": onnx["fp32"], "model.py": PYTHON_MODEL_SOURCE})
     engines_note = f"{len(engines)} TensorRT" if engines else "no TensorRT (no engines built)"
@@ -65,10 +67,14 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, onnx: dict[str,
                        artifacts, {"models": models, "cpu_model": CPU_MODEL})
 
 
-def warmup_files(model_dir: Path, config: OneRankConfig, seed: int = 0) -> dict[str, str]:
-    """Raw row-major warm-up tensors for one realistic request at the optimisation shape."""
-    feed = random_request(config, np.random.default_rng(seed), 1, config.serving.opt_hist_len,
+def warmup_request(config: OneRankConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """One realistic, valid request at the optimisation shape, shared by every model's warm-up."""
+    return random_request(config, np.random.default_rng(seed), 1, config.serving.opt_hist_len,
                           config.serving.opt_candidates)
+
+
+def write_warmup(model_dir: Path, feed: dict[str, np.ndarray]) -> dict[str, str]:
+    """The request as raw row-major tensors in `<model>/warmup/`, named as the config references them."""
     (model_dir / "warmup").mkdir(parents=True, exist_ok=True)
     for name, array in feed.items():
         (model_dir / "warmup" / name).write_bytes(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"))
@@ -103,21 +109,18 @@ def _warmup_bytes(cfg, name: str) -> int:
     return int(np.prod(list(warm.dims))) * cfg.model_warmup[0].batch_size * dtype.itemsize
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def launch_notes(with_plugin: bool) -> str:
-    plugin = ("\nTensorRT models need the OneRank plugin loaded by the server:\n\n"
-              "    tritonserver --model-repository $PWD/model_repository \\\n"
-              "        --backend-config=tensorrt,plugins=$PWD/plugins/libonerank_plugins.so\n"
-              "\n(or LD_PRELOAD=$PWD/plugins/libonerank_plugins.so). Each TensorRT model records the plugin's\n"
-              f"relative path and sha256 in its `{PLUGIN_PARAMETER}` parameters.\n")
+def launch_notes(plugin: str | None) -> str:
+    """The repository's README: how to serve it; `plugin` is the library's path relative to the build."""
+    plugin_notes = ("\nTensorRT models need the OneRank plugin loaded by the server:\n\n"
+                    "    tritonserver --model-repository $PWD/model_repository \\\n"
+                    f"        --backend-config=tensorrt,plugins=$PWD/{plugin}\n"
+                    f"\n(or LD_PRELOAD=$PWD/{plugin}). Each TensorRT model records the plugin's\n"
+                    f"relative path and sha256 in its `{PLUGIN_PARAMETER}` parameters.\n")
     return ("# OneRank model repository (production)\n\n"
             "Written by `onerank-export build`; every config.pbtxt was validated with Triton's ModelConfig schema.\n"
             "Serve on a GPU host with NVIDIA's Triton container (onnxruntime and tensorrt backends):\n\n"
             "    tritonserver --model-repository $PWD/model_repository\n"
-            + (plugin if with_plugin else "")
+            + (plugin_notes if plugin else "")
             + "\nONNX models have one GPU and one CPU instance group; remove the one your host does not have.\n"
             "For a CPU-only host, serve ../model_repository_cpu (python backend + ONNX Runtime) with\n"
             "`onerank-export serve --repository <build dir>`.\n")
