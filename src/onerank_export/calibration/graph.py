@@ -14,6 +14,7 @@ from onnx import TensorProto
 from onerank_export import __version__
 from onerank_export.errors import StageError
 from onerank_export.export.custom_op import MATCHING_SCORE
+from onerank_export.export.onnx_export import model_metadata, set_model_metadata
 
 # Ops that move or reshape data without computing on it: a quantized or fp16 value passes through.
 SHAPE_OPS = frozenset({"Reshape", "Slice", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Flatten", "Expand"})
@@ -63,18 +64,11 @@ def source_of(graph: onnx.GraphProto, tensor: str) -> onnx.NodeProto | None:
     return node
 
 
-def metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
 def finalize_precision_model(model: onnx.ModelProto, fp32: onnx.ModelProto, precision: str,
                              extra_metadata: dict[str, str]) -> onnx.ModelProto:
     """Carry the fp32 model's metadata, check the custom op survived untouched, validate."""
-    props = {k: v for k, v in metadata(fp32).items() if k.startswith("onerank.")}
-    props.update({"onerank.precision": precision, **extra_metadata})
-    del model.metadata_props[:]
-    for key in sorted(props):
-        model.metadata_props.add(key=key, value=props[key])
+    props = {k: v for k, v in model_metadata(fp32).items() if k.startswith("onerank.")}
+    set_model_metadata(model, {**props, "onerank.precision": precision, **extra_metadata})
     model.producer_name, model.producer_version = "onerank-export", __version__
     model.doc_string = f"{fp32.doc_string} ({precision})".strip()
     check_custom_op_intact(model, fp32)

@@ -18,9 +18,10 @@ import onnx
 from onerank_export.calibration.accuracy import apply_gates, compare, run_onnx
 from onerank_export.calibration.checks import check_fp16, check_int8
 from onerank_export.calibration.data import CalibrationData, prepare_data
-from onerank_export.calibration.graph import metadata, save_atomic
+from onerank_export.calibration.graph import save_atomic
 from onerank_export.calibration.report import write_report
 from onerank_export.calibration.settings import CalibrationSettings
+from onerank_export.export.onnx_export import model_metadata
 from onerank_export.manifest import sha256_file
 from onerank_export.model.onerank import OneRankModel
 
@@ -119,7 +120,7 @@ def calibrate(fp32_onnx: Path, model: OneRankModel, settings: CalibrationSetting
         **extra,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
-    header = {"checkpoint_sha256": metadata(fp32).get("onerank.checkpoint_sha256"),
+    header = {"checkpoint_sha256": model_metadata(fp32).get("onerank.checkpoint_sha256"),
               "fp32_onnx": fp32_label or str(fp32_onnx),
               "fp32_onnx_sha256": sha256_file(fp32_onnx),
               "reference": "fp32 eager (dense PyTorch model)", "tasks": list(cfg.tasks)}

@@ -51,10 +51,10 @@ def run_precision_stage(precision: str, fp32_onnx: Path, model: OneRankModel, ou
 def _is_demo_checkpoint(fp32_onnx: Path) -> bool:
     import onnx
 
-    from onerank_export.calibration.graph import metadata
+    from onerank_export.export.onnx_export import model_metadata
     from onerank_export.model.checkpoint import checkpoint_digest
     from onerank_export.model.demo_checkpoint import demo_checkpoint_dir, is_complete
 
-    sha = metadata(onnx.load(str(fp32_onnx), load_external_data=False)).get("onerank.checkpoint_sha256")
+    sha = model_metadata(onnx.load(str(fp32_onnx), load_external_data=False)).get("onerank.checkpoint_sha256")
     demo = demo_checkpoint_dir()
     return bool(sha) and is_complete(demo) and checkpoint_digest(demo) == sha

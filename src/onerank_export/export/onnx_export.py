@@ -97,10 +97,7 @@ def finalize(proto: onnx.ModelProto, model: OneRankModel, opset: int, metadata: 
     proto.producer_name = "onerank-export"
     proto.producer_version = __version__
     proto.doc_string = "OneRank serving graph (request-structured) with onerank::MatchingScore"
-    del proto.metadata_props[:]
-    props = {"onerank.config": model.cfg.to_json(), **metadata}
-    for key in sorted(props):
-        proto.metadata_props.add(key=key, value=props[key])
+    set_model_metadata(proto, {"onerank.config": model.cfg.to_json(), **metadata})
     try:
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
@@ -123,3 +120,15 @@ def _quiet():
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The model's metadata_props as a dict (onerank.config, onerank.precision, checkpoint sha ...)."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def set_model_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Replace the model's metadata_props, in sorted order (byte-identical exports)."""
+    del model.metadata_props[:]
+    for key in sorted(props):
+        model.metadata_props.add(key=key, value=props[key])

@@ -13,6 +13,7 @@ import onnx
 
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import CheckFailed, ConfigError
+from onerank_export.export.onnx_export import model_metadata
 from onerank_export.model.checkpoint import checkpoint_digest, load_checkpoint
 from onerank_export.parity.cases import ParityCase, default_cases, shape_case
 from onerank_export.parity.compare import Tolerance
@@ -37,7 +38,7 @@ class VerifyTargets:
 def detect_precision(path: Path) -> str:
     """The precision an ONNX model computes in: its `onerank.precision` metadata, else its content."""
     model = onnx.load(str(path), load_external_data=False)
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = model_metadata(model)
     if meta.get("onerank.precision") in PRECISIONS:
         return meta["onerank.precision"]
     if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
@@ -49,7 +50,7 @@ def detect_precision(path: Path) -> str:
 
 def check_onnx_matches_checkpoint(path: Path, cfg: OneRankConfig, digest: str) -> None:
     """An ONNX exported from another checkpoint cannot be verified against this one: say so up front."""
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    meta = model_metadata(onnx.load(str(path), load_external_data=False))
     if "onerank.config" in meta:
         theirs = OneRankConfig.from_dict(json.loads(meta["onerank.config"]), source=str(path))
         diff = [k for k, v in cfg.to_dict().items() if theirs.to_dict().get(k) != v]
