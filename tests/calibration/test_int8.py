@@ -139,8 +139,8 @@ def test_keep_float_and_force_low_precision_overrides(demo_fp32_onnx, small_sets
     assert set(twin.input) & dq_of(g)
     fp32 = onnx.load(str(demo_fp32_onnx))
     assert all(c.passed for c in check_int8(shared.proto, fp32, shared.plan))
-    forced = quantize_int8(demo_fp32_onnx, batches, method="minmax", force_low=["encoder.0/matmul_4/MatMul"])
-    assert "encoder.0/matmul_4/MatMul" in forced.quantized_nodes
+    forced = quantize_int8(demo_fp32_onnx, batches, method="minmax", force_low=["encoder.0/matmul_3/MatMul"])
+    assert "encoder.0/matmul_3/MatMul" in forced.quantized_nodes
     with pytest.raises(ConfigError, match="matches no node"):
         quantize_int8(demo_fp32_onnx, batches, method="minmax", keep_float=["layers.9.*"])
     with pytest.raises(ConfigError, match="cannot be quantized"):

@@ -52,3 +52,18 @@ def test_empty_history_and_all_padding_rows(tiny_model):
     assert torch.isfinite(serving).all()
     assert (dense - serving).abs().max() <= 1e-5
     assert torch.count_nonzero(serving[1]) == 0
+
+
+def test_masked_history_keys_contribute_nothing_even_with_large_attention_logits(tiny_model):
+    """The candidates' key mask is finite (MASKED_SCORE, a GEMM operand); a padded key must still
+    get exactly no weight when real attention logits are far from 0."""
+    with torch.no_grad():
+        for layer in tiny_model.layers:
+            d = layer.qkv.in_features
+            layer.qkv.weight[: 2 * d] *= 12.0  # q and k: logits ~150x larger
+    feed = request(tiny_model.cfg, 3, 12, 6, seed=5)
+    feed["hist_item_ids"][:, 5:] = 0  # every request has padded history keys
+    feed["hist_action_ids"][:, 5:] = 0
+    dense, serving = _scores(tiny_model, feed), _scores(ServingGraph(tiny_model), feed)
+    assert torch.isfinite(serving).all()
+    assert (dense - serving).abs().max() <= 1e-5

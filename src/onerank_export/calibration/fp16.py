@@ -3,7 +3,9 @@
 Which nodes stay fp32 (selection.fp16_plan): normalisation, softmax and long reductions by op
 type, plus any node whose activations on the calibration requests exceed `data_max` (NVIDIA
 AutoCast's rule and default, 512, leaving headroom under fp16's 65504 for what the data did not
-show). Infinities are ignored there: the attention masks hold -inf on purpose and fp16 has it too.
+show). Mask values are ignored there: the user-context mask holds -inf and the candidates' key
+mask holds MASKED_SCORE (-30000, finite because it is a GEMM operand) on purpose; fp16 holds
+both exactly, and a masked score only has to stay far below every real one.
 
 The converter rewrites types in one pass: a float tensor is produced in fp16 by an fp16 node
 and in fp32 otherwise; a consumer that needs the other type reads one shared Cast (one per
@@ -30,6 +32,7 @@ from onnx import helper, numpy_helper
 from onerank_export.calibration.graph import FLOAT, FLOAT16, finalize_precision_model, initializers, tensor_types
 from onerank_export.calibration.selection import NodeChoice, fp16_plan
 from onerank_export.export.custom_op import MATCHING_SCORE
+from onerank_export.export.serving_graph import MASKED_SCORE
 
 FP16_MAX = float(np.finfo(np.float16).max)
 FP16_TINY = 2.0**-24  # smallest fp16 subnormal: smaller magnitudes flush to 0
@@ -79,7 +82,8 @@ def activation_ranges(fp32: onnx.ModelProto, batches: Sequence[dict[str, np.ndar
 def _accumulate(stat: dict[str, float], value: np.ndarray) -> None:
     mag = np.abs(value)
     finite = np.isfinite(mag)
-    mag = np.where(finite, mag, 0)
+    # Masked scores (MASKED_SCORE plus a real score) are sentinels, not magnitudes to protect.
+    mag = np.where(finite & (value > MASKED_SCORE / 2), mag, 0)
     if mag.size:
         stat["absmax"] = max(stat["absmax"], float(mag.max()))
     stat["nonfinite"] += int(mag.size - finite.sum())

@@ -1,17 +1,21 @@
 """The request-structured serving graph: the same function as the dense reference, linear in N.
 
 The user context never attends to candidates, so its states are identical for every
-candidate: compute them once per request (causal U x U). Each candidate group's K+1 queries
-then attend to [user keys ; own group keys]: one matmul against the shared user keys
-(no N-fold copy), one small batched matmul inside each group, and one softmax over the
-concatenated scores (computed in two parts; see ServingEncoderLayer). Cost O(N (K+1) (U + K+1) d)
-instead of O((U + N(K+1))^2 d).
+candidate: compute them once per request (causal U x U). Each candidate group's K+1 tokens
+then attend to [user keys ; own candidate token ; self] (model.group_pattern): one GEMM
+against the shared user keys (no N-fold copy), with the two in-group scores - per-row dot
+products - and the key mask folded into it as extra key columns, so the one big score matrix
+[N(K+1), U] is written by a GEMM, normalised by one fused Softmax and read by one value GEMM
+(see ServingEncoderLayer). Cost O(N (K+1) U d) instead of O((U + N(K+1))^2 d). The last layer
+computes queries for the task tokens only: nothing reads the candidate tokens' last outputs.
 
 The module holds the reference model as a submodule and reads its parameters: no copies.
 When exported, the scorer becomes the `onerank::MatchingScore` custom node.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -29,7 +33,16 @@ class ServingGraph(nn.Module):
         # Per-layer wrappers only give the exported nodes readable scopes ("encoder.0/softmax");
         # they hold the model's own layers, so parameters are shared, not copied.
         self.encoder = nn.ModuleList(ServingEncoderLayer(layer) for layer in model.layers)
-        self.register_buffer("group_bias", _bias(model.group_pattern(model.cfg.num_tasks)), persistent=False)
+        g = model.cfg.num_tasks + 1
+        pattern = model.group_pattern(model.cfg.num_tasks)
+        if not torch.equal(pattern, torch.eye(g, dtype=torch.bool) | (torch.arange(g) == 0)):
+            raise NotImplementedError("the serving graph assumes a group token sees its candidate token and itself")
+        # Row 0 is the candidate token, whose "self" key is the candidate key: that one key is
+        # entered as two halves (log 1/2 on both scores) instead of masking one copy, because a
+        # masked exp() costs a denormal microcode assist per element on x86 and this is exact.
+        half_bias = torch.zeros(g, 1, 1)  # broadcasts over [B, N, K+1, H, 1]
+        half_bias[0] = -math.log(2.0)
+        self.register_buffer("half_bias", half_bias, persistent=False)
 
     def forward(self, hist_item_ids: torch.Tensor, hist_action_ids: torch.Tensor, context_ids: torch.Tensor,
                 cand_item_ids: torch.Tensor, cand_features: torch.Tensor) -> torch.Tensor:
@@ -46,16 +59,20 @@ class ServingGraph(nn.Module):
         b, n, g, d = x_g.shape
         u = x_u.shape[1]
         # Additive masks, built once per request and reused by every layer.
-        key_bias = _bias(valid_u)[:, None, None, :]  # [B, 1, 1, U]: padded history is invisible
         pos = torch.arange(u, device=x_u.device)
-        causal = pos[None, :] <= pos[:, None]
-        # A query always sees itself, so a padded history row stays finite (its output is unused).
-        user_bias = torch.maximum(_bias(causal) + key_bias, _bias(pos[None, :] == pos[:, None]))  # [B,1,U,U]
+        # Causal over real history; a query always sees itself, so a padded history row stays
+        # finite (its output is unused).
+        visible = (pos[None, :] <= pos[:, None]) & valid_u[:, None, :] | (pos[None, :] == pos[:, None])
+        user_bias = _bias(visible)[:, None]  # [B, 1, U, U]
+        # The candidates' key mask is a GEMM operand (see ServingEncoderLayer), so it must be
+        # finite: -inf * 0 inside the GEMM would be NaN. Any score gap beyond ~104 already
+        # underflows exp() to exactly 0 in fp32, and MASKED_SCORE still fits in fp16.
+        key_mask = torch.where(valid_u, 0.0, MASKED_SCORE)[:, None, :, None]  # [B, 1, U, 1]
         x_g = x_g.reshape(b, n * g, d)
-        for layer in self.encoder:
-            x_u, x_g = layer(x_u, x_g, user_bias, key_bias, self.group_bias, n, g)
-        r = self.model.norm_enc(x_g).view(b, n, g, d)
-        return r[:, :, 1:]
+        for i, layer in enumerate(self.encoder):
+            last = i == len(self.encoder) - 1
+            x_u, x_g = layer(x_u, x_g, user_bias, key_mask, self.half_bias, n, g, task_rows_only=last)
+        return self.model.norm_enc(x_g).view(b, n, g - 1, d)
 
     def score(self, z: torch.Tensor, r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         scale = self.model.cfg.scale
@@ -79,47 +96,70 @@ class ServingEncoderLayer(nn.Module):
         super().__init__()
         # Not registered as a submodule: the parameters keep their checkpoint names (layers.i.*).
         self.__dict__["layer"] = layer
+        # The two extra key rows that pick s_cand and s_self out of the extended query.
+        dh = layer.qkv.in_features // layer.n_heads
+        self.register_buffer("pick_keys", torch.eye(dh + 3)[-2:].view(1, 1, 2, dh + 3), persistent=False)
 
-    def forward(self, x_u: torch.Tensor, x_g: torch.Tensor, user_bias: torch.Tensor, key_bias: torch.Tensor,
-                group_bias: torch.Tensor, n: int, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_u [B, U, d], x_g [B, N(K+1), d] -> both after one encoder layer."""
+    def forward(self, x_u: torch.Tensor, x_g: torch.Tensor, user_bias: torch.Tensor, key_mask: torch.Tensor,
+                half_bias: torch.Tensor, n: int, g: int, task_rows_only: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_u [B, U, d], x_g [B, N(K+1), d] -> both after one encoder layer.
+
+        task_rows_only (the last layer): the candidate tokens' own outputs feed nothing after the
+        last layer, only their keys and values do, so queries are the K task rows of each group
+        and x_g comes back as [B, N K, d].
+        """
         layer = self.layer
         b, u, d = x_u.shape
         h = layer.n_heads
         dh = d // h
         scale = dh**-0.5
-        q_u, k_u, v_u = _heads(layer, x_u, h)  # [B, H, U, dh]
-        q_g, k_g, v_g = _heads(layer, x_g, h)  # [B, H, N(K+1), dh]
+        q_u, k_u, v_u = _heads(layer, x_u, h).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, U, dh]
+        # The candidates' q, k, v stay token-major [B, N, K+1, H, dh]: k and v are only used in
+        # per-row dot products, and only q goes through the per-head GEMM (one transpose, not three).
+        q5, k5, v5 = (t.view(b, n, g, h, dh) for t in _heads(layer, x_g, h).unbind(2))
+        x_res = x_g
+        if task_rows_only:
+            q5, v_self, half_bias = q5[:, :, 1:], v5[:, :, 1:], half_bias[1:]
+            x_res = x_g.view(b, n, g, d)[:, :, 1:].reshape(b, -1, d)
+        else:
+            v_self = v5
+        rows = q5.shape[1] * q5.shape[2]
 
         # User context: causal self-attention, computed once per request.
         p_u = torch.softmax(q_u @ k_u.transpose(-1, -2) * scale + user_bias, dim=-1)
         o_u = p_u @ v_u
 
-        # Candidate groups: scores against the shared user keys and against their own group,
-        # normalised together as one softmax over [user keys ; group keys]. The two parts share
-        # one running max and one denominator instead of being concatenated: concatenating and
-        # splitting the [N(K+1), U] score matrix cost more than the attention itself on CPU.
-        s_gu = q_g @ k_u.transpose(-1, -2) * scale + key_bias  # [B, H, N(K+1), U]
-        q5, k5, v5 = (t.view(b, h, n, g, dh) for t in (q_g, k_g, v_g))
-        s_gg = q5 @ k5.transpose(-1, -2) * scale + group_bias  # [B, H, N, K+1, K+1]
-        peak = torch.maximum(s_gu.amax(-1, keepdim=True), s_gg.amax(-1, keepdim=True).view(b, h, n * g, 1))
-        e_gu = torch.exp(s_gu - peak)
-        e_gg = torch.exp(s_gg - peak.view(b, h, n, g, 1))
-        denom = e_gu.sum(-1, keepdim=True) + e_gg.sum(-1, keepdim=True).view(b, h, n * g, 1)
-        o_g = (e_gu @ v_u + (e_gg @ v5).view(b, h, n * g, dh)) / denom
+        # Candidate groups: one softmax over [user keys ; candidate token ; self]. A group token
+        # sees its own candidate token and itself (model.group_pattern), so those two scores are
+        # per-row dot products; they enter the user-key GEMM as two extra keys, so the big
+        # [rows, U] score matrix is written once by the GEMM, normalised once by a fused
+        # Softmax and read once by the value GEMM:
+        #   [q, 1, s_cand, s_self] @ [[k_u*scale, mask, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]^T.
+        s_cand = ((q5 * k5[:, :, :1]).sum(-1, keepdim=True) * scale + half_bias).view(b, rows, h, 1)
+        s_self = ((q5 * k5[:, :, g - q5.shape[2]:]).sum(-1, keepdim=True) * scale + half_bias).view(b, rows, h, 1)
+        q_ext = torch.cat([q5.reshape(b, rows, h, dh), torch.ones_like(s_cand), s_cand, s_self], dim=-1)
+        k_ext = torch.cat([k_u * scale, key_mask.expand(b, h, u, 1), torch.zeros_like(k_u[..., :2])], dim=-1)
+        k_ext = torch.cat([k_ext, self.pick_keys.to(k_ext.dtype).expand(b, h, 2, dh + 3)], dim=-2)
+        p = torch.softmax(q_ext.transpose(1, 2) @ k_ext.transpose(-1, -2), dim=-1)  # [B, H, rows, U + 2]
+        v_ext = torch.cat([v_u, torch.zeros_like(v_u[:, :, :2])], dim=-2)
+        p_cand, p_self = p[..., u:].transpose(1, 2).reshape(b, n, -1, h, 2).split(1, dim=-1)
+        o_g = (p @ v_ext).transpose(1, 2) + (p_cand * v5[:, :, :1] + p_self * v_self).reshape(b, rows, h, dh)
 
         x_u = x_u + layer.out(o_u.transpose(1, 2).reshape(b, u, d))
-        x_g = x_g + layer.out(o_g.transpose(1, 2).reshape(b, n * g, d))
+        x_g = x_res + layer.out(o_g.reshape(b, rows, d))
         x_u = x_u + layer.ffn(layer.norm_ffn(x_u))
         x_g = x_g + layer.ffn(layer.norm_ffn(x_g))
         return x_u, x_g
 
 
-def _heads(layer: EncoderLayer, x: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, ...]:
-    """x [B, T, d] -> q, k, v [B, H, T, dh] with the layer's own norm and projection."""
+def _heads(layer: EncoderLayer, x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """x [B, T, d] -> qkv [B, T, 3, H, dh] with the layer's own norm and projection."""
     b, t, d = x.shape
-    qkv = layer.qkv(layer.norm_attn(x)).view(b, t, 3, n_heads, d // n_heads)
-    return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return layer.qkv(layer.norm_attn(x)).view(b, t, 3, n_heads, d // n_heads)
+
+
+MASKED_SCORE = -30000.0
 
 
 def _bias(visible: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from onerank_export import spec
 from onerank_export.export.serving_graph import ServingGraph
 from onerank_export.model.onerank import OneRankModel
+from onerank_export.ort_session import cpu_session_options
 from onerank_export.parity.runner import Runner, RunnerUnavailable
 
 
@@ -69,9 +70,7 @@ class OnnxRuntimeRunner(Runner):
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:
             raise RunnerUnavailable(f"onnxruntime has no {missing[0]} here")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads or min(os.cpu_count() or 1, 8)
-        opts.log_severity_level = 3
+        opts = cpu_session_options(self.threads or min(os.cpu_count() or 1, 8))
         self.session = ort.InferenceSession(self.model, opts, providers=self.providers)
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from onerank_export import spec  # noqa: E402
 from onerank_export.config import OneRankConfig  # noqa: E402
 from onerank_export.errors import RequestError  # noqa: E402
+from onerank_export.ort_session import cpu_session_options  # noqa: E402
 
 
 def _client_error(message: str):
@@ -41,10 +42,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
         self.config = OneRankConfig.from_dict(json.loads(params["onerank.config"]), source="config.pbtxt")
         self.max_batch = int(model_config["max_batch_size"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = cpu_session_options(int(params.get("intra_op_threads", "1")), inter_op_threads=1)
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
