@@ -145,6 +145,9 @@ def test_keep_float_and_force_low_precision_overrides(demo_fp32_onnx, small_sets
         quantize_int8(demo_fp32_onnx, batches, method="minmax", keep_float=["layers.9.*"])
     with pytest.raises(ConfigError, match="cannot be quantized"):
         quantize_int8(demo_fp32_onnx, batches, method="minmax", force_low=["MatchingScore"])
+    # The candidates' score GEMM reads the key mask as a key column: refused, whatever the method.
+    with pytest.raises(ConfigError, match="carries the attention key mask"):
+        quantize_int8(demo_fp32_onnx, batches, method="entropy", force_low=["encoder.0/matmul_2/MatMul"])
 
 
 def dq_of(graph: onnx.GraphProto) -> set[str]:

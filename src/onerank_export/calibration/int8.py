@@ -29,6 +29,7 @@ from onerank_export.calibration.graph import finalize_precision_model
 from onerank_export.calibration.histogram import entropy_threshold
 from onerank_export.calibration.selection import INT8_OP_TYPES, NodeChoice, int8_plan
 from onerank_export.errors import ConfigError
+from onerank_export.export.serving_graph import MASKED_SCORE
 
 # Calibrator options per method. ORT's entropy default (128 bins, 128 levels) has a single
 # candidate threshold - the full range - so it equals min-max; TensorRT uses 2048 / 128.
@@ -84,7 +85,9 @@ def quantize_int8(fp32_path: Path, calibration_batches: Sequence[dict[str, np.nd
                                        providers=["CPUExecutionProvider"])
         calibrator.collect_data(_Reader(calibration_batches))
         _prepare_histograms(calibrator, _activation_inputs(pre_model, chosen), method)
-        save_tensors_data(calibrator.compute_data(), Path(tmp) / "ranges.json")
+        ranges = calibrator.compute_data()
+        _refuse_mask_carriers(pre_model, chosen, calibrator, ranges)
+        save_tensors_data(ranges, Path(tmp) / "ranges.json")
         seconds["calibrate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -125,6 +128,29 @@ def _restore_float_inputs(model: onnx.ModelProto, fp32: onnx.ModelProto, quantiz
 def _activation_inputs(model: onnx.ModelProto, nodes: set[str]) -> set[str]:
     consts = {i.name for i in model.graph.initializer}
     return {x for n in model.graph.node if n.name in nodes for x in n.input if x and x not in consts}
+
+
+def _refuse_mask_carriers(model: onnx.ModelProto, chosen: set[str], calibrator, ranges) -> None:
+    """The candidates' score GEMM reads the key mask (MASKED_SCORE) as a key column: one int8 scale
+    stretched over it rounds every real key to 0 (measured: AUC -0.008, top-10 overlap 0.93).
+    Only --force-low-precision can ask for it; say so instead of failing the gates later."""
+    histograms = getattr(getattr(calibrator, "collector", None), "histogram_dict", None) or {}
+    consts = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name not in chosen:
+            continue
+        for x in node.input:
+            if not x or x in consts:
+                continue
+            # The raw minimum: entropy / percentile thresholds would clip the mask and leak it.
+            if x in histograms:
+                lowest = float(histograms[x][2])
+            else:
+                lowest = float(ranges[x].range_value[0]) if x in ranges else 0.0
+            if lowest <= MASKED_SCORE / 2:
+                raise ConfigError(f"{node.name} cannot be quantized: its input '{x}' carries the attention key mask "
+                                  f"({MASKED_SCORE:g}), which would take the whole int8 range; leave it out of "
+                                  "--force-low-precision")
 
 
 def _prepare_histograms(calibrator, needed: set[str], method: str) -> None:

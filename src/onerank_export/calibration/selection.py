@@ -32,8 +32,8 @@ RUNTIME_OPERANDS = ("both operands are computed at run time (attention scores an
 FP16_FLOAT_OP_TYPES = {
     "LayerNormalization": "normalisation: variance of squares overflows / loses digits in fp16",
     "Softmax": "softmax: exponent range and the sum of many terms",
-    "Exp": "softmax numerator of the two-part attention",
-    "ReduceSum": "softmax denominator: a sum over up to L + K + 1 terms",
+    "Exp": "exponent range: e^x overflows fp16 beyond x = 11",
+    "ReduceSum": "a reduction: its terms accumulate in fp32 (attention dot products inside a group)",
     "ReduceMean": "mean over the hidden size",
 }
 
