@@ -25,6 +25,11 @@ SWEEP = [(256, 128), (256, 512), (256, 2048), (64, 512), (1024, 512)]  # (L, N)
 # see ort_session.py); the faster of the two is the reference the ratios are taken against.
 RUNNERS = ("eager-dense", "eager-dense-ftz", "eager-serving", "ort-fp32", "ort-fp16", "ort-int8")
 THREADS = 2
+# glibc's dynamic mmap threshold makes eager torch bimodal: its large temporaries are mmapped and
+# page-faulted on every call, or not, depending on allocation history (eager-serving at L=256,
+# N=512 measured 17.5 ms or 11.7 ms in different runs). Fixed thresholds give every runner its
+# fast mode; ONNX Runtime uses its own arena and does not move.
+CHILD_ENV = {"PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def bench_config():
@@ -174,7 +179,7 @@ def main() -> int:
                 cmd = [sys.executable, __file__, "--child", runner, str(hist_len), str(cands), onnx_path]
                 if args.quick:
                     cmd.insert(2, "--quick")
-                env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+                env = {**os.environ, **CHILD_ENV}
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
                     console.print(f"[red]{runner} L={hist_len} N={cands} failed[/]: {proc.stderr.strip()[-400:]}")

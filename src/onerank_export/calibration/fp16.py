@@ -3,9 +3,9 @@
 Which nodes stay fp32 (selection.fp16_plan): normalisation, softmax and long reductions by op
 type, plus any node whose activations on the calibration requests exceed `data_max` (NVIDIA
 AutoCast's rule and default, 512, leaving headroom under fp16's 65504 for what the data did not
-show). Mask values are ignored there: the user-context mask holds -inf and the candidates' key
-mask holds MASKED_SCORE (-30000, finite because it is a GEMM operand) on purpose; fp16 holds
-both exactly, and a masked score only has to stay far below every real one.
+show). Mask values are ignored there: the attention masks hold MASKED_SCORE (-30000, finite
+because the candidates' key mask is a GEMM operand) or -inf on purpose; fp16 holds both
+exactly, and a masked score only has to stay far below every real one.
 
 The converter rewrites types in one pass: a float tensor is produced in fp16 by an fp16 node
 and in fp32 otherwise; a consumer that needs the other type reads one shared Cast (one per
