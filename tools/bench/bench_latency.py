@@ -90,7 +90,7 @@ def child(runner: str, hist_len: int, cands: int, onnx_path: str, min_seconds: f
     serving = ServingGraph(model).eval()
     dense = runner.startswith("eager-dense")
     flops = count_flops(lambda: model(**tensors) if dense else serving(**tensors))
-    if runner == "ort-fp32" or runner.startswith("ort-"):
+    if runner.startswith("ort-"):
         import onnxruntime as ort
 
         from onerank_export.ort_session import cpu_session_options

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from onerank_export.ort_session import cpu_session_options
+
 THREADS = 2
 HIST_LEN, CANDIDATES = 256, 512
 GEMMS = {"qkv 2048x64x192": (2048, 64, 192), "out 2048x64x64": (2048, 64, 64),
@@ -43,9 +45,7 @@ def cpu_flags() -> dict[str, bool]:
 def session(model):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    opts.log_severity_level = 3
+    opts = cpu_session_options(THREADS)
     blob = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
 
@@ -168,9 +168,7 @@ def profile_model(path: Path, directory: Path) -> dict:
     feed = random_request(OneRankConfig(), np.random.default_rng(0), 1, HIST_LEN, CANDIDATES, full=True)
     timing_session = session(onnx.load(str(path)))
     p50 = timed(lambda: timing_session.run(None, feed), 3.0)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    opts.log_severity_level = 3
+    opts = cpu_session_options(THREADS)
     opts.enable_profiling = True
     opts.profile_file_prefix = str(directory / f"profile_{path.stem}")
     optimized = directory / f"optimized_{path.name}"

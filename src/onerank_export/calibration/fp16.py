@@ -32,7 +32,7 @@ from onnx import helper, numpy_helper
 from onerank_export.calibration.graph import FLOAT, FLOAT16, finalize_precision_model, initializers, tensor_types
 from onerank_export.calibration.selection import NodeChoice, fp16_plan
 from onerank_export.export.custom_op import MATCHING_SCORE
-from onerank_export.export.serving_graph import MASKED_SCORE
+from onerank_export.export.serving_graph import MASK_FLOOR
 
 FP16_MAX = float(np.finfo(np.float16).max)
 FP16_TINY = 2.0**-24  # smallest fp16 subnormal: smaller magnitudes flush to 0
@@ -83,7 +83,7 @@ def _accumulate(stat: dict[str, float], value: np.ndarray) -> None:
     mag = np.abs(value)
     finite = np.isfinite(mag)
     # Masked scores (MASKED_SCORE plus a real score) are sentinels, not magnitudes to protect.
-    mag = np.where(finite & (value > MASKED_SCORE / 2), mag, 0)
+    mag = np.where(finite & (value > MASK_FLOOR), mag, 0)
     if mag.size:
         stat["absmax"] = max(stat["absmax"], float(mag.max()))
     stat["nonfinite"] += int(mag.size - finite.sum())

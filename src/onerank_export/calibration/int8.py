@@ -29,7 +29,7 @@ from onerank_export.calibration.graph import finalize_precision_model
 from onerank_export.calibration.histogram import entropy_threshold
 from onerank_export.calibration.selection import INT8_OP_TYPES, NodeChoice, int8_plan
 from onerank_export.errors import ConfigError
-from onerank_export.export.serving_graph import MASKED_SCORE
+from onerank_export.export.serving_graph import MASK_FLOOR, MASKED_SCORE
 
 # Calibrator options per method. ORT's entropy default (128 bins, 128 levels) has a single
 # candidate threshold - the full range - so it equals min-max; TensorRT uses 2048 / 128.
@@ -147,7 +147,7 @@ def _refuse_mask_carriers(model: onnx.ModelProto, chosen: set[str], calibrator, 
                 lowest = float(histograms[x][2])
             else:
                 lowest = float(ranges[x].range_value[0]) if x in ranges else 0.0
-            if lowest <= MASKED_SCORE / 2:
+            if lowest <= MASK_FLOOR:
                 raise ConfigError(f"{node.name} cannot be quantized: its input '{x}' carries the attention key mask "
                                   f"({MASKED_SCORE:g}), which would take the whole int8 range; leave it out of "
                                   "--force-low-precision")

@@ -20,6 +20,7 @@ from onerank_export import spec
 from onerank_export.calibration.data import RequestSet
 from onerank_export.calibration.graph import initializers
 from onerank_export.metrics import topk_overlap
+from onerank_export.ort_session import cpu_session_options
 
 FLAG_PREFIX = "probe:"
 
@@ -67,9 +68,7 @@ def localize_int8_error(int8: onnx.ModelProto, fp32: onnx.ModelProto, nodes: lis
     import onnxruntime as ort
 
     probe, flags = build_probe(int8, fp32, nodes)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = min(os.cpu_count() or 1, 8)
-    opts.log_severity_level = 3
+    opts = cpu_session_options(min(os.cpu_count() or 1, 8))
     session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feed = dict(requests.features)
     valid = requests.valid

@@ -25,6 +25,12 @@ from onerank_export.model.layers import EncoderLayer
 from onerank_export.model.onerank import OneRankModel
 from onerank_export.model.scorer import matching_score
 
+# Additive mask for hidden keys. Finite, because the candidates' key mask is a GEMM operand
+# (-inf * 0 inside a GEMM is NaN); any score gap beyond ~104 underflows exp() to exactly 0 in
+# fp32, and fp16 holds it exactly. Values at or below MASK_FLOOR are masks, not data.
+MASKED_SCORE = -30000.0
+MASK_FLOOR = MASKED_SCORE / 2
+
 
 class ServingGraph(nn.Module):
     def __init__(self, model: OneRankModel) -> None:
@@ -65,9 +71,7 @@ class ServingGraph(nn.Module):
         visible = (pos[None, :] <= pos[:, None]) & valid_u[:, None, :] | (pos[None, :] == pos[:, None])
         # Cast and Mul, not Where: ORT's broadcasting Where is slow (0.08 ms for this [U, U]).
         user_bias = (~visible)[:, None].to(x_u.dtype) * MASKED_SCORE  # [B, 1, U, U]
-        # The candidates' key mask is a GEMM operand (see ServingEncoderLayer), so it must be
-        # finite: -inf * 0 inside the GEMM would be NaN. Any score gap beyond ~104 already
-        # underflows exp() to exactly 0 in fp32, and MASKED_SCORE still fits in fp16.
+        # The candidates' key mask is a GEMM operand (see ServingEncoderLayer): finite MASKED_SCORE.
         key_mask = torch.where(valid_u, 0.0, MASKED_SCORE)[:, None, :, None]  # [B, 1, U, 1]
         x_g = x_g.reshape(b, n * g, d)
         for i, layer in enumerate(self.encoder):
@@ -120,12 +124,10 @@ class ServingEncoderLayer(nn.Module):
         # The candidates' q, k, v stay token-major [B, N, K+1, H, dh]: k and v are only used in
         # per-row dot products, and only q goes through the per-head GEMM (one transpose, not three).
         q5, k5, v5 = (t.view(b, n, g, h, dh) for t in _heads(layer, x_g, h).unbind(2))
-        x_res = x_g
+        x_res, k_self, v_self = x_g, k5, v5
         if task_rows_only:
-            q5, v_self, half_bias = q5[:, :, 1:], v5[:, :, 1:], half_bias[1:]
+            q5, k_self, v_self, half_bias = q5[:, :, 1:], k5[:, :, 1:], v5[:, :, 1:], half_bias[1:]
             x_res = x_g.view(b, n, g, d)[:, :, 1:].reshape(b, -1, d)
-        else:
-            v_self = v5
         rows = q5.shape[1] * q5.shape[2]
 
         # User context: causal self-attention, computed once per request.
@@ -139,8 +141,9 @@ class ServingEncoderLayer(nn.Module):
         # Softmax and read once by the value GEMM:
         #   [q, 1, s_cand, s_self] @ [[k_u*scale, mask, 0, 0], [0, 0, scale, 0], [0, 0, 0, scale]]^T.
         # Unscaled dot products: the pick keys carry the scale, so the GEMM applies it for free.
-        s_cand = ((q5 * k5[:, :, :1]).sum(-1, keepdim=True) + half_bias / scale).view(b, rows, h, 1)
-        s_self = ((q5 * k5[:, :, g - q5.shape[2]:]).sum(-1, keepdim=True) + half_bias / scale).view(b, rows, h, 1)
+        row_bias = half_bias / scale
+        s_cand = ((q5 * k5[:, :, :1]).sum(-1, keepdim=True) + row_bias).view(b, rows, h, 1)
+        s_self = ((q5 * k_self).sum(-1, keepdim=True) + row_bias).view(b, rows, h, 1)
         q_ext = torch.cat([q5.reshape(b, rows, h, dh), torch.ones_like(s_cand), s_cand, s_self], dim=-1)
         k_ext = torch.cat([k_u * scale, key_mask.expand(b, h, u, 1), torch.zeros_like(k_u[..., :2])], dim=-1)
         k_ext = torch.cat([k_ext, self.pick_keys.to(k_ext.dtype).expand(b, h, 2, dh + 3)], dim=-2)
@@ -161,5 +164,3 @@ def _heads(layer: EncoderLayer, x: torch.Tensor, n_heads: int) -> torch.Tensor:
     b, t, d = x.shape
     return layer.qkv(layer.norm_attn(x)).view(b, t, 3, n_heads, d // n_heads)
 
-
-MASKED_SCORE = -30000.0
