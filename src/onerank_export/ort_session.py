@@ -23,3 +23,17 @@ def cpu_session_options(threads: int, *, inter_op_threads: int | None = None):
     opts.log_severity_level = 3
     opts.add_session_config_entry(*DENORMAL_AS_ZERO)
     return opts
+
+
+def cpu_session(model, threads: int, *, inter_op_threads: int | None = None):
+    """An ONNX Runtime CPU session for `model` (a path or serialized bytes) after the exact CPU
+    rewrite of export/ort_cpu_graph.py: the one way the product runs a model on the CPU."""
+    import onnx
+    import onnxruntime as ort
+
+    from onerank_export.export.ort_cpu_graph import rewrite_for_ort_cpu
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    blob = rewrite_for_ort_cpu(proto).SerializeToString()
+    opts = cpu_session_options(threads, inter_op_threads=inter_op_threads)
+    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])

@@ -91,11 +91,9 @@ def child(runner: str, hist_len: int, cands: int, onnx_path: str, min_seconds: f
     dense = runner.startswith("eager-dense")
     flops = count_flops(lambda: model(**tensors) if dense else serving(**tensors))
     if runner.startswith("ort-"):
-        import onnxruntime as ort
+        from onerank_export.ort_session import cpu_session
 
-        from onerank_export.ort_session import cpu_session_options
-
-        session = ort.InferenceSession(onnx_path, cpu_session_options(THREADS), providers=["CPUExecutionProvider"])
+        session = cpu_session(onnx_path, THREADS)
         fn = lambda: session.run(None, feed)  # noqa: E731
     else:
         module = model if dense else serving

@@ -13,7 +13,7 @@ import torch
 from onerank_export import spec
 from onerank_export.export.serving_graph import ServingGraph
 from onerank_export.model.onerank import OneRankModel
-from onerank_export.ort_session import cpu_session_options
+from onerank_export.ort_session import cpu_session, cpu_session_options
 from onerank_export.parity.runner import Runner, RunnerUnavailable
 
 
@@ -70,8 +70,11 @@ class OnnxRuntimeRunner(Runner):
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:
             raise RunnerUnavailable(f"onnxruntime has no {missing[0]} here")
-        opts = cpu_session_options(self.threads or min(os.cpu_count() or 1, 8))
-        self.session = ort.InferenceSession(self.model, opts, providers=self.providers)
+        threads = self.threads or min(os.cpu_count() or 1, 8)
+        if self.providers == ["CPUExecutionProvider"]:
+            self.session = cpu_session(self.model, threads)  # what the Triton CPU model serves
+        else:
+            self.session = ort.InferenceSession(self.model, cpu_session_options(threads), providers=self.providers)
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(list(spec.OUTPUT_NAMES), dict(feed))

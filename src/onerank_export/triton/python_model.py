@@ -21,13 +21,12 @@ for _path in os.environ.get("ONERANK_PYTHONPATH", "").split(os.pathsep):
         site.addsitedir(_path)
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from onerank_export import spec  # noqa: E402
 from onerank_export.config import OneRankConfig  # noqa: E402
 from onerank_export.errors import RequestError  # noqa: E402
-from onerank_export.ort_session import cpu_session_options  # noqa: E402
+from onerank_export.ort_session import cpu_session  # noqa: E402
 
 
 def _client_error(message: str):
@@ -42,9 +41,8 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
         self.config = OneRankConfig.from_dict(json.loads(params["onerank.config"]), source="config.pbtxt")
         self.max_batch = int(model_config["max_batch_size"])
-        options = cpu_session_options(int(params.get("intra_op_threads", "1")), inter_op_threads=1)
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, int(params.get("intra_op_threads", "1")), inter_op_threads=1)
 
     def execute(self, requests: list) -> list:
         # Each request is scored on its own: a batch row is a whole ranking request, and requests

@@ -1,0 +1,103 @@
+"""The ONNX Runtime CPU rewrite: LayerNormalization as InstanceNormalization, gamma/beta folded
+into the following linear layer. It must compute the same function, node for node."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from helpers import request
+from onnx import TensorProto, helper, numpy_helper
+
+from onerank_export.export import ort_cpu_graph
+from onerank_export.export.ort_cpu_graph import rewrite_for_ort_cpu
+from onerank_export.parity.runners import OnnxRuntimeRunner
+
+
+def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def _ops(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def test_every_layer_norm_of_the_demo_is_rewritten_and_scores_do_not_move(demo_fp32_onnx, demo_model):
+    original = onnx.load(str(demo_fp32_onnx))
+    rewritten = rewrite_for_ort_cpu(original)
+    onnx.checker.check_model(rewritten, full_check=True)
+    n_ln = _ops(original).count("LayerNormalization")
+    assert n_ln > 0
+    assert "LayerNormalization" not in _ops(rewritten)
+    assert _ops(rewritten).count("InstanceNormalization") == n_ln
+    # The attention and FFN norms feed linear layers: their gamma/beta live in the weights now.
+    folded = [n for n in rewritten.graph.node if n.op_type == "MatMul" and "/folded[" in n.input[1]]
+    assert len(folded) >= 2 * demo_model.cfg.n_layers
+    assert len(rewritten.graph.node) < len(original.graph.node) + 4 * n_ln + 3 * (n_ln - len(folded))
+    for b, length, n, full in [(1, 1, 1, False), (2, 37, 13, False), (3, 64, 5, True)]:
+        feed = request(demo_model.cfg, b, length, n, seed=n, full=full)
+        (ours,) = _run(rewritten, feed)
+        (plain,) = _run(original, feed)
+        with torch.no_grad():
+            ref = demo_model(**{k: torch.from_numpy(v) for k, v in feed.items()}).scores.numpy()
+        assert np.abs(ours - plain).max() <= 2e-6
+        assert np.abs(ours - ref).max() <= 1e-5
+
+
+def _layer_norm_graph() -> onnx.ModelProto:
+    """x -> LN_a -> MatMul+Add (foldable); x -> LN_b -> Relu (not); x -> LN_c over axis 1 (left alone)."""
+    rng = np.random.default_rng(0)
+    d, m = 8, 5
+    consts = {"g_a": rng.normal(size=d), "b_a": rng.normal(size=d), "w": rng.normal(size=(d, m)),
+              "bias": rng.normal(size=m), "g_b": rng.normal(size=d), "b_b": rng.normal(size=d),
+              "g_c": rng.normal(size=(4, d)), "b_c": rng.normal(size=(4, d))}
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g_a", "b_a"], ["n_a"], name="ln_a", epsilon=1e-3),
+        helper.make_node("MatMul", ["n_a", "w"], ["mm"], name="mm"),
+        helper.make_node("Add", ["mm", "bias"], ["y_a"], name="add"),
+        helper.make_node("LayerNormalization", ["x", "g_b", "b_b"], ["n_b"], name="ln_b", axis=-1),
+        helper.make_node("Relu", ["n_b"], ["y_b"], name="relu"),
+        helper.make_node("LayerNormalization", ["x", "g_c", "b_c"], ["y_c"], name="ln_c", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4, d])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["B", 4, w])
+         for y, w in (("y_a", m), ("y_b", d), ("y_c", d))],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fold_where_a_linear_follows_keep_gamma_beta_elsewhere_and_leave_other_axes_alone():
+    original = _layer_norm_graph()
+    rewritten = rewrite_for_ort_cpu(original)
+    onnx.checker.check_model(rewritten, full_check=True)
+    names = {n.name for n in rewritten.graph.node}
+    assert "ln_c" in names  # normalises over the last two axes: not a per-row norm, untouched
+    assert not any(n.startswith("ln_a/Mul") for n in names)  # folded into the MatMul
+    assert {"ln_b/Mul_gamma", "ln_b/Add_beta"} <= names
+    assert {"w", "bias"}.isdisjoint(i.name for i in rewritten.graph.initializer)  # no stale copy left
+    x = np.random.default_rng(1).normal(3.0, 2.0, size=(3, 4, 8)).astype(np.float32)
+    for ours, plain in zip(_run(rewritten, {"x": x}), _run(original, {"x": x}), strict=True):
+        assert np.abs(ours - plain).max() <= 1e-5
+
+
+def test_a_model_without_layer_norm_comes_back_unchanged():
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph)
+    assert rewrite_for_ort_cpu(model).SerializeToString() == model.SerializeToString()
+
+
+def test_the_parity_runner_checks_the_rewritten_model_triton_serves(demo_fp32_onnx, demo_model, monkeypatch):
+    calls = []
+    real = ort_cpu_graph.rewrite_for_ort_cpu
+    monkeypatch.setattr(ort_cpu_graph, "rewrite_for_ort_cpu", lambda m: calls.append(m) or real(m))
+    runner = OnnxRuntimeRunner(demo_fp32_onnx, threads=1)
+    with runner:
+        out = runner.infer(request(demo_model.cfg, 1, 9, 4, seed=2))
+    assert len(calls) == 1
+    assert out["scores"].shape == (1, 4, demo_model.cfg.num_tasks)
