@@ -66,11 +66,12 @@ class ServingGraph(nn.Module):
         u = x_u.shape[1]
         # Additive masks, built once per request and reused by every layer.
         pos = torch.arange(u, device=x_u.device)
-        # Causal over real history; a query always sees itself, so a padded history row stays
-        # finite (its output is unused).
-        visible = (pos[None, :] <= pos[:, None]) & valid_u[:, None, :] | (pos[None, :] == pos[:, None])
-        # Cast and Mul, not Where: ORT's broadcasting Where is slow (0.08 ms for this [U, U]).
-        user_bias = (~visible)[:, None].to(x_u.dtype) * MASKED_SCORE  # [B, 1, U, U]
+        # Causal over real history, in one comparison: a padded history key is placed after every
+        # query. A padded query row then sees no key; with the finite mask its softmax is still
+        # finite (uniform over masked keys), and nothing reads that row (it is a masked key to
+        # every other query). Cast and Mul, not Where: ORT's broadcasting Where is slow.
+        key_pos = torch.where(valid_u, pos, u)  # [B, U]
+        user_bias = (key_pos[:, None, None, :] > pos[:, None]).to(x_u.dtype) * MASKED_SCORE  # [B, 1, U, U]
         # The candidates' key mask is a GEMM operand (see ServingEncoderLayer): finite MASKED_SCORE.
         key_mask = torch.where(valid_u, 0.0, MASKED_SCORE)[:, None, :, None]  # [B, 1, U, 1]
         x_g = x_g.reshape(b, n * g, d)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from onerank_export.config import OneRankConfig
 from onerank_export.model.layers import EncoderLayer, TaskCrossAttention, TaskInteraction
@@ -76,8 +77,8 @@ class OneRankModel(nn.Module):
     def embed_groups(self, cand_item_ids: torch.Tensor, cand_features: torch.Tensor) -> torch.Tensor:
         """-> candidate groups [B, N, K + 1, d]: c_i followed by t_k^i = c_i + task template k."""
         c = self.item_emb(cand_item_ids) + self.cand_features(cand_features)  # [B, N, d]
-        t = c.unsqueeze(2) + self.task_tokens  # [B, N, K, d]
-        return torch.cat([c.unsqueeze(2), t], dim=2)
+        # One broadcast add with a zero template for c itself (c + 0 is exactly c), not an add and a concat.
+        return c.unsqueeze(2) + F.pad(self.task_tokens, (0, 0, 1, 0))  # [B, N, K + 1, d]
 
     def situation(self, context_ids: torch.Tensor) -> torch.Tensor:
         """Situational descriptor s [B, d] from the context buckets (field order matters)."""
