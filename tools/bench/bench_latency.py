@@ -25,6 +25,9 @@ SWEEP = [(256, 128), (256, 512), (256, 2048), (64, 512), (1024, 512)]  # (L, N)
 # see ort_session.py); the faster of the two is the reference the ratios are taken against.
 RUNNERS = ("eager-dense", "eager-dense-ftz", "eager-serving", "ort-fp32", "ort-fp16", "ort-int8")
 THREADS = 2
+# The headline cell's runners run this many interleaved rounds: one p50 per process varies by
+# up to ~10% between runs on this VM (eager-serving 9.7 vs 10.8 ms in two runs of one day).
+HEADLINE, HEADLINE_ROUNDS = (256, 512), 3
 # glibc's dynamic mmap threshold makes eager torch bimodal: its large temporaries are mmapped and
 # page-faulted on every call, or not, depending on allocation history (eager-serving at L=256,
 # N=512 measured 17.5 ms or 11.7 ms in different runs). Fixed thresholds give every runner its
@@ -171,21 +174,36 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx_paths = export_bench_onnx(Path(tmp), ["fp32", "fp16", "int8"])
+
+        def run(runner: str, hist_len: int, cands: int) -> dict | None:
+            onnx_path = onnx_paths.get(runner.removeprefix("ort-"), "")
+            cmd = [sys.executable, __file__, "--child", runner, str(hist_len), str(cands), onnx_path]
+            if args.quick:
+                cmd.insert(2, "--quick")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **CHILD_ENV})
+            if proc.returncode != 0:
+                console.print(f"[red]{runner} L={hist_len} N={cands} failed[/]: {proc.stderr.strip()[-400:]}")
+                return None
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row["percent_of_peak"] = 100 * row["achieved_gflops"] / peak
+            console.print(f"  {runner:14s} L={hist_len:5d} N={cands:5d}  p50 {row['p50_ms']:8.2f} ms")
+            return row
+
         for hist_len, cands in SWEEP:
-            for runner in RUNNERS:
-                onnx_path = onnx_paths.get(runner.removeprefix("ort-"), "")
-                cmd = [sys.executable, __file__, "--child", runner, str(hist_len), str(cands), onnx_path]
-                if args.quick:
-                    cmd.insert(2, "--quick")
-                env = {**os.environ, **CHILD_ENV}
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if proc.returncode != 0:
-                    console.print(f"[red]{runner} L={hist_len} N={cands} failed[/]: {proc.stderr.strip()[-400:]}")
-                    continue
-                row = json.loads(proc.stdout.strip().splitlines()[-1])
-                row["percent_of_peak"] = 100 * row["achieved_gflops"] / peak
-                rows.append(row)
-                console.print(f"  {runner:14s} L={hist_len:5d} N={cands:5d}  p50 {row['p50_ms']:8.2f} ms")
+            rounds = HEADLINE_ROUNDS if (hist_len, cands) == HEADLINE and not args.quick else 1
+            # Rounds are interleaved (every runner once, then again), so a slow spell of the VM
+            # lands on all runners instead of on one; the row kept is each runner's median round.
+            by_runner: dict[str, list[dict]] = {r: [] for r in RUNNERS}
+            for _ in range(rounds):
+                for runner in RUNNERS:
+                    row = run(runner, hist_len, cands)
+                    if row is not None:
+                        by_runner[runner].append(row)
+            for runs in by_runner.values():
+                if runs:
+                    row = dict(sorted(runs, key=lambda r: r["p50_ms"])[(len(runs) - 1) // 2])
+                    row["p50_ms_rounds"] = [r["p50_ms"] for r in runs]  # in the order they ran
+                    rows.append(row)
     table = Table(title=f"request latency, B=1, {THREADS} threads (peak {peak:.0f} GFLOP/s)")
     for col in ("runner", "L", "N", "p50 ms", "p99 ms", "cand/s", "GFLOP/req", "GFLOP/s", "% peak", "peak MB",
                 "+MB infer"):
@@ -219,9 +237,15 @@ def summarise(rows: list[dict]) -> dict:
            "ort_growth_N128_to_N2048": growth, "int8_vs_fp32_ort_L256_N512": ort / ort8,
            "fp16_vs_fp32_ort_L256_N512": ort / ort16}
     out["eager_dense_reference_ms"] = dense
+    rounds = {r["runner"]: r.get("p50_ms_rounds", [r["p50_ms"]]) for r in rows
+              if (r["hist_len"], r["num_candidates"]) == HEADLINE}
+    per_round = [s / o for s, o in zip(rounds.get("eager-serving", []), rounds.get("ort-fp32", []), strict=False)]
+    out["ort_vs_serving_L256_N512_rounds"] = per_round
     out["lines"] = [f"L=256 N=512: ORT fp32 is {out['ort_vs_dense_L256_N512']:.2f}x faster than eager-dense "
                     f"(the faster of {dense_plain:.2f} ms as it comes and {dense_ftz:.2f} ms with denormals flushed), "
-                    f"{out['ort_vs_serving_L256_N512']:.2f}x faster than eager-serving",
+                    f"{out['ort_vs_serving_L256_N512']:.2f}x faster than eager-serving (medians of "
+                    f"{len(rounds.get('ort-fp32', []))} interleaved rounds; round by round: "
+                    f"{', '.join(f'{x:.2f}x' for x in per_round)})",
                     f"ORT fp32 latency grows {growth:.1f}x from N=128 to N=2048 (16x more candidates)",
                     f"L=256 N=512: ORT int8 runs at {out['int8_vs_fp32_ort_L256_N512']:.2f}x and ORT fp16 at "
                     f"{out['fp16_vs_fp32_ort_L256_N512']:.2f}x the speed of ORT fp32 on this CPU "
