@@ -60,7 +60,11 @@ def precision_stage(precision: str) -> Callable[[BuildState], StageResult]:
 def parity_stage(state: BuildState) -> StageResult:
     cfg = state.config
     targets = [(EagerServingRunner(state.model), "fp32")]
+    # Each model as the Triton CPU model runs it (after the CPU rewrite) and as Triton's ONNX Runtime
+    # backend loads it (canonical).
     targets += [(OnnxRuntimeRunner(path, name=f"onnxruntime-{p}"), p) for p, path in state.onnx.items()]
+    targets += [(OnnxRuntimeRunner(path, name=f"onnxruntime-{p}-canonical", cpu_rewrite=False), p)
+                for p, path in state.onnx.items()]
     report = run_parity(EagerDenseRunner(state.model), targets, default_cases(cfg, state.options.seed),
                         state.options.tolerances, invariance_case=invariance_case(cfg, state.options.seed))
     reports = state.work / "reports"

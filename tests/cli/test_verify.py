@@ -34,11 +34,12 @@ def test_verify_passes_a_faithful_export_and_writes_reports(capsys, tiny, tmp_pa
     assert report["passed"] and report["counts"]["failed"] == 0
     assert {c["case"] for c in report["cases"]} >= {"b3-l41-n17", "b2-empty-history", "b3-all-padding-row"}
     runners = {c["runner"] for c in report["cases"]}
-    assert runners == {"eager-serving", f"onnxruntime:{path.name}"}
+    assert runners == {"eager-serving", f"onnxruntime:{path.name}", f"onnxruntime-canonical:{path.name}"}
     assert all(o["max_abs"] <= 1e-5 for c in report["cases"] for o in c["outputs"])
     suite = ET.parse(tmp_path / "junit.xml").getroot()
     assert suite.get("failures") == "0"
-    assert int(suite.get("tests")) == len(report["cases"]) + len(report["invariances"]) == 12 + 9
+    # 6 cases for each of 3 runners; 3 invariances for the reference and each runner.
+    assert int(suite.get("tests")) == len(report["cases"]) + len(report["invariances"]) == 18 + 12
 
 
 def test_verify_fails_an_onnx_whose_weights_were_altered(capsys, tiny, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 from helpers import request
 from onnx import TensorProto, helper, numpy_helper
@@ -34,9 +35,12 @@ def test_every_layer_norm_of_the_demo_is_rewritten_and_scores_do_not_move(demo_f
     assert "LayerNormalization" not in _ops(rewritten)
     assert _ops(rewritten).count("InstanceNormalization") == n_ln
     # The attention and FFN norms feed linear layers: their gamma/beta live in the weights now.
-    folded = [n for n in rewritten.graph.node if n.op_type == "MatMul" and "/folded[" in n.input[1]]
+    folded = [n for n in rewritten.graph.node if n.op_type == "MatMul" and n.input[1].endswith("/folded")]
     assert len(folded) >= 2 * demo_model.cfg.n_layers
-    assert len(rewritten.graph.node) < len(original.graph.node) + 4 * n_ln + 3 * (n_ln - len(folded))
+    unfolded = [n for n in rewritten.graph.node if n.name.endswith("/Mul_gamma")]
+    assert 0 < len(unfolded) < n_ln
+    # Each norm: Shape, Shape, Concat, Reshape, InstanceNormalization, Reshape (+ Mul, Add if unfolded).
+    assert len(rewritten.graph.node) == len(original.graph.node) + 5 * n_ln + 2 * len(unfolded)
     for b, length, n, full in [(1, 1, 1, False), (2, 37, 13, False), (3, 64, 5, True)]:
         feed = request(demo_model.cfg, b, length, n, seed=n, full=full)
         (ours,) = _run(rewritten, feed)
@@ -101,3 +105,61 @@ def test_the_parity_runner_checks_the_rewritten_model_triton_serves(demo_fp32_on
         out = runner.infer(request(demo_model.cfg, 1, 9, 4, seed=2))
     assert len(calls) == 1
     assert out["scores"].shape == (1, 4, demo_model.cfg.num_tasks)
+
+
+def _one_norm_model(x_shape, gamma, consumer: str, *, gamma_is_input: bool = False) -> onnx.ModelProto:
+    rng = np.random.default_rng(2)
+    d = x_shape[-1]
+    consts = {"g": np.asarray(gamma, np.float32), "b": np.full(len(gamma), 0.3, np.float32),
+              "w": rng.normal(size=(d, 3)).astype(np.float32), "bias": rng.normal(size=3).astype(np.float32)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], name="ln")]
+    if consumer == "linear":
+        nodes += [helper.make_node("MatMul", ["n", "w"], ["m"], name="mm"),
+                  helper.make_node("Add", ["m", "bias"], ["y"])]
+        y_shape = [*x_shape[:-1], 3]
+    else:
+        nodes.append(helper.make_node("Relu", ["n"], ["y"]))
+        y_shape = list(x_shape)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))]
+    if gamma_is_input:
+        inputs.append(helper.make_tensor_value_info("g", TensorProto.FLOAT, [len(gamma)]))
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("consumer", ["linear", "relu"])
+def test_a_broadcast_gamma_of_one_entry_keeps_its_meaning(consumer):
+    model = _one_norm_model((2, 5, 8), [1.7], consumer)
+    x = np.random.default_rng(3).normal(size=(2, 5, 8)).astype(np.float32)
+    (plain,), (ours,) = _run(model, {"x": x}), _run(rewrite_for_ort_cpu(model), {"x": x})
+    assert np.abs(ours - plain).max() <= 1e-5
+
+
+def test_zero_size_rows_and_an_overridable_gamma():
+    model = _one_norm_model((2, 0, 8), list(range(1, 9)), "linear")
+    (out,) = _run(rewrite_for_ort_cpu(model), {"x": np.zeros((2, 0, 8), np.float32)})
+    assert out.shape == (2, 0, 3)
+    # An initializer that is also a graph input can be fed: it is not a constant to fold.
+    model = _one_norm_model((2, 5, 8), list(range(1, 9)), "linear", gamma_is_input=True)
+    feed = {"x": np.random.default_rng(4).normal(size=(2, 5, 8)).astype(np.float32),
+            "g": np.linspace(-1, 1, 8).astype(np.float32)}
+    assert np.abs(_run(rewrite_for_ort_cpu(model), feed)[0] - _run(model, feed)[0]).max() <= 1e-5
+
+
+def test_models_with_subgraphs_are_left_alone_and_new_names_do_not_collide():
+    model = _one_norm_model((2, 5, 8), list(range(1, 9)), "relu")
+    branch = helper.make_graph([helper.make_node("Identity", ["y"], ["z"])], "then", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    with_if = onnx.ModelProto()
+    with_if.CopyFrom(model)
+    with_if.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    with_if.graph.node.append(helper.make_node("If", ["cond"], ["out"], then_branch=branch, else_branch=branch))
+    assert rewrite_for_ort_cpu(with_if).SerializeToString() == with_if.SerializeToString()
+    twice = _one_norm_model((2, 5, 8), list(range(1, 9)), "relu")
+    # A node and a tensor already named like the ones the rewrite derives from "ln" and "n".
+    twice.graph.node.append(helper.make_node("Relu", ["x"], ["n/x_shape"], name="ln/Shape"))
+    twice.graph.output.append(helper.make_tensor_value_info("n/x_shape", TensorProto.FLOAT, [2, 5, 8]))
+    x = np.random.default_rng(5).normal(size=(2, 5, 8)).astype(np.float32)
+    for ours, plain in zip(_run(rewrite_for_ort_cpu(twice), {"x": x}), _run(twice, {"x": x}), strict=True):
+        assert np.abs(ours - plain).max() <= 1e-5

@@ -193,16 +193,15 @@ def main() -> int:
             rounds = HEADLINE_ROUNDS if (hist_len, cands) == HEADLINE and not args.quick else 1
             # Rounds are interleaved (every runner once, then again), so a slow spell of the VM
             # lands on all runners instead of on one; the row kept is each runner's median round.
-            by_runner: dict[str, list[dict]] = {r: [] for r in RUNNERS}
+            by_runner: dict[str, list[dict | None]] = {r: [] for r in RUNNERS}
             for _ in range(rounds):
                 for runner in RUNNERS:
-                    row = run(runner, hist_len, cands)
-                    if row is not None:
-                        by_runner[runner].append(row)
+                    by_runner[runner].append(run(runner, hist_len, cands))  # None if it failed
             for runs in by_runner.values():
-                if runs:
-                    row = dict(sorted(runs, key=lambda r: r["p50_ms"])[(len(runs) - 1) // 2])
-                    row["p50_ms_rounds"] = [r["p50_ms"] for r in runs]  # in the order they ran
+                ok = sorted((r for r in runs if r is not None), key=lambda r: r["p50_ms"])
+                if ok:
+                    row = dict(ok[len(ok) // 2])  # the median of an odd count; the slower middle of an even one
+                    row["p50_ms_rounds"] = [r and r["p50_ms"] for r in runs]  # in the order they ran
                     rows.append(row)
     table = Table(title=f"request latency, B=1, {THREADS} threads (peak {peak:.0f} GFLOP/s)")
     for col in ("runner", "L", "N", "p50 ms", "p99 ms", "cand/s", "GFLOP/req", "GFLOP/s", "% peak", "peak MB",
@@ -239,7 +238,8 @@ def summarise(rows: list[dict]) -> dict:
     out["eager_dense_reference_ms"] = dense
     rounds = {r["runner"]: r.get("p50_ms_rounds", [r["p50_ms"]]) for r in rows
               if (r["hist_len"], r["num_candidates"]) == HEADLINE}
-    per_round = [s / o for s, o in zip(rounds.get("eager-serving", []), rounds.get("ort-fp32", []), strict=False)]
+    per_round = [s / o for s, o in zip(rounds.get("eager-serving", []), rounds.get("ort-fp32", []), strict=False)
+                 if s and o]  # paired by round; a failed round has no ratio
     out["ort_vs_serving_L256_N512_rounds"] = per_round
     out["lines"] = [f"L=256 N=512: ORT fp32 is {out['ort_vs_dense_L256_N512']:.2f}x faster than eager-dense "
                     f"(the faster of {dense_plain:.2f} ms as it comes and {dense_ftz:.2f} ms with denormals flushed), "

@@ -67,9 +67,9 @@ class ServingGraph(nn.Module):
         # Additive masks, built once per request and reused by every layer.
         pos = torch.arange(u, device=x_u.device)
         # Causal over real history, in one comparison: a padded history key is placed after every
-        # query. A padded query row then sees no key; with the finite mask its softmax is still
-        # finite (uniform over masked keys), and nothing reads that row (it is a masked key to
-        # every other query). Cast and Mul, not Where: ORT's broadcasting Where is slow.
+        # query. A padded query row sees only the real keys before it, or none; with the finite
+        # mask its softmax stays finite either way, and nothing reads that row (it is a masked key
+        # to every other query). Cast and Mul, not Where: ORT's broadcasting Where is slow.
         key_pos = torch.where(valid_u, pos, u)  # [B, U]
         user_bias = (key_pos[:, None, None, :] > pos[:, None]).to(x_u.dtype) * MASKED_SCORE  # [B, 1, U, U]
         # The candidates' key mask is a GEMM operand (see ServingEncoderLayer): finite MASKED_SCORE.

@@ -54,14 +54,19 @@ class EagerServingRunner(Runner):
 class OnnxRuntimeRunner(Runner):
     """An ONNX model in ONNX Runtime (CPU by default). The custom op runs from its FunctionProto.
 
-    `model` is a file, or the serialized model itself (calibration scores models it never writes)."""
+    `model` is a file, or the serialized model itself (calibration scores models it never writes).
+    On the CPU provider the session runs the product's CPU rewrite (`ort_session.cpu_session`, what
+    the Triton CPU model serves); `cpu_rewrite=False` runs the file as it is (what Triton's own
+    ONNX Runtime backend loads)."""
 
     def __init__(self, model: str | Path | bytes, name: str = "onnxruntime", *,
-                 providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None) -> None:
+                 providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
+                 cpu_rewrite: bool = True) -> None:
         super().__init__(name)
         self.model = model if isinstance(model, bytes) else str(Path(model))
         self.providers = list(providers)
         self.threads = threads
+        self.cpu_rewrite = cpu_rewrite
         self.session = None
 
     def activate_impl(self) -> None:
@@ -71,8 +76,8 @@ class OnnxRuntimeRunner(Runner):
         if missing:
             raise RunnerUnavailable(f"onnxruntime has no {missing[0]} here")
         threads = self.threads or min(os.cpu_count() or 1, 8)
-        if self.providers == ["CPUExecutionProvider"]:
-            self.session = cpu_session(self.model, threads)  # what the Triton CPU model serves
+        if self.cpu_rewrite and self.providers == ["CPUExecutionProvider"]:
+            self.session = cpu_session(self.model, threads)
         else:
             self.session = ort.InferenceSession(self.model, cpu_session_options(threads), providers=self.providers)
 

@@ -113,6 +113,8 @@ def run_verify(checkpoint: Path, targets: VerifyTargets, extra_shapes: Sequence[
         for path in onnx_files:
             precision = detect_precision(path)
             runners.append((OnnxRuntimeRunner(path, name=f"onnxruntime:{path.name}"), precision))
+            runners.append((OnnxRuntimeRunner(path, name=f"onnxruntime-canonical:{path.name}", cpu_rewrite=False),
+                            precision))
         for plan in targets.engines:
             from onerank_export.parity.tensorrt_runner import TensorRTRunner
 
