@@ -229,15 +229,14 @@ def summarise(rows: list[dict]) -> dict:
         return next((r["p50_ms"] for r in rows if (r["runner"], r["hist_len"], r["num_candidates"]) ==
                      (runner, hist_len, cands)), float("nan"))
 
-    dense_plain, dense_ftz, serving, ort, ort16, ort8 = (p50(r, 256, 512) for r in RUNNERS)
+    dense_plain, dense_ftz, serving, ort, ort16, ort8 = (p50(r, *HEADLINE) for r in RUNNERS)
     dense = min(dense_plain, dense_ftz)
     growth = p50("ort-fp32", 256, 2048) / p50("ort-fp32", 256, 128)
     out = {"ort_vs_dense_L256_N512": dense / ort, "ort_vs_serving_L256_N512": serving / ort,
            "ort_growth_N128_to_N2048": growth, "int8_vs_fp32_ort_L256_N512": ort / ort8,
            "fp16_vs_fp32_ort_L256_N512": ort / ort16}
     out["eager_dense_reference_ms"] = dense
-    rounds = {r["runner"]: r.get("p50_ms_rounds", [r["p50_ms"]]) for r in rows
-              if (r["hist_len"], r["num_candidates"]) == HEADLINE}
+    rounds = {r["runner"]: r["p50_ms_rounds"] for r in rows if (r["hist_len"], r["num_candidates"]) == HEADLINE}
     per_round = [s / o for s, o in zip(rounds.get("eager-serving", []), rounds.get("ort-fp32", []), strict=False)
                  if s and o]  # paired by round; a failed round has no ratio
     out["ort_vs_serving_L256_N512_rounds"] = per_round

@@ -47,6 +47,7 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto) -> onnx.ModelProto:
     fresh = _FreshNames(g)
     one, zero, rows_prefix = fresh.tensor("ort_cpu/one"), fresh.tensor("ort_cpu/zero"), fresh.tensor("ort_cpu/rows")
     new_inits: dict[str, onnx.TensorProto] = {}
+    folded: dict[tuple, str] = {}  # (weight or bias, norm) -> its folded initializer, made once
     nodes: list[onnx.NodeProto] = []
     for node in g.node:
         if not _rewritable(node, consts):
@@ -72,7 +73,7 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto) -> onnx.ModelProto:
         nodes.append(helper.make_node("Reshape", [t["normed_rows"], t["x_shape"]], [normed],
                                       name=fresh.node(f"{n}/Reshape_back"), allowzero=1))
         if foldable:
-            _fold_affine(node, users, consts, consumers, new_inits, fresh)
+            _fold_affine(node, users, consts, consumers, new_inits, folded, fresh)
             continue
         beta = _beta(node)
         scaled = fresh.tensor(f"{y}/scaled") if beta else y
@@ -102,7 +103,6 @@ class _FreshNames:
         self.tensors = {i.name for i in (*g.input, *g.output, *g.initializer)}
         self.tensors |= {x for node in g.node for x in (*node.input, *node.output)}
         self.nodes = {node.name for node in g.node}
-        self.folded: dict[tuple, str] = {}
 
     def tensor(self, name: str) -> str:
         return self._take(name, self.tensors)
@@ -167,7 +167,7 @@ def _linear_bias(user: onnx.NodeProto, norm: onnx.NodeProto, consts: dict, consu
 
 
 def _fold_affine(node: onnx.NodeProto, users: list, consts: dict, consumers: dict, new_inits: dict,
-                 fresh: _FreshNames) -> None:
+                 folded: dict, fresh: _FreshNames) -> None:
     """Point each MatMul/Add after `node` at diag(gamma) W and b + beta W."""
     gamma = numpy_helper.to_array(consts[node.input[1]]).astype(np.float64)
     beta = numpy_helper.to_array(consts[node.input[2]]).astype(np.float64) if _beta(node) else np.zeros_like(gamma)
@@ -179,12 +179,12 @@ def _fold_affine(node: onnx.NodeProto, users: list, consts: dict, consumers: dic
         b = numpy_helper.to_array(consts[b_name]).astype(np.float64)
         # The user and candidate paths share a layer's norm and weights: fold each pair once.
         w_key, b_key = (w_name, node.input[1]), (b_name, w_name, node.input[1], _beta(node))
-        if w_key not in fresh.folded:
-            fresh.folded[w_key] = name = fresh.tensor(f"{w_name}/folded")
+        if w_key not in folded:
+            folded[w_key] = name = fresh.tensor(f"{w_name}/folded")
             new_inits[name] = numpy_helper.from_array((gamma[:, None] * w).astype(np.float32), name)
-        if b_key not in fresh.folded:
-            fresh.folded[b_key] = name = fresh.tensor(f"{b_name}/folded")
+        if b_key not in folded:
+            folded[b_key] = name = fresh.tensor(f"{b_name}/folded")
             new_inits[name] = numpy_helper.from_array((b + beta @ w).astype(np.float32), name)
-        w_new, b_new = fresh.folded[w_key], fresh.folded[b_key]
+        w_new, b_new = folded[w_key], folded[b_key]
         user.input[1] = w_new
         add.input[list(add.input).index(b_name)] = b_new
