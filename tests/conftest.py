@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from onerank_export.engine.availability import tensorrt_unavailable_reason
+from onerank_export.engine.tensorrt.availability import tensorrt_unavailable_reason
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -49,5 +49,5 @@ def demo_fp32_onnx(demo_model, tmp_path_factory):
     from onerank_export.export.onnx_export import export_onnx
 
     path = tmp_path_factory.mktemp("onnx") / "onerank.fp32.onnx"
-    export_onnx(demo_model, path, metadata={"onerank.precision": "fp32"})
+    export_onnx(demo_model, path)
     return path

@@ -1,5 +1,5 @@
 """Collect the TensorRT Python names a module uses, from its source (used by
-tests/engine/test_tensorrt_api_names.py).
+tests/engine/tensorrt/test_tensorrt_api_names.py).
 
 What the AST collection covers, in the modules given to `audit_sources`:
 - every attribute read or written on an expression that derives from the `tensorrt` module:

@@ -1,4 +1,4 @@
-// Launcher for the ahead-of-time compiled onerank::MatchingScore kernel (src/onerank_export/engine/kernel.py).
+// Launcher for the ahead-of-time compiled onerank::MatchingScore kernel (src/onerank_export/engine/kernel/matching_score.py).
 #pragma once
 
 #include <cuda.h>

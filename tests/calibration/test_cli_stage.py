@@ -7,9 +7,9 @@ import json
 
 from helpers import make_tiny_model
 
-from onerank_export.calibration.stage import run_precision_stage
 from onerank_export.cli.main import main
-from onerank_export.stages import Status
+from onerank_export.pipeline.result import Status
+from onerank_export.pipeline.stages.precision import run_precision_stage
 
 
 def test_failed_gate_exits_1_after_writing_the_report(capsys, tmp_path, demo_checkpoint, demo_fp32_onnx):

@@ -88,7 +88,7 @@ def test_build_refuses_to_overwrite_a_directory_that_is_not_a_build(capsys, tiny
 
 
 def test_engine_require_without_tensorrt_fails_before_any_work(capsys, tiny_ckpt, tmp_path):
-    from onerank_export.engine.availability import tensorrt_unavailable_reason
+    from onerank_export.engine.tensorrt.availability import tensorrt_unavailable_reason
 
     if tensorrt_unavailable_reason() is None:
         pytest.skip("TensorRT is available here")

@@ -20,7 +20,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("verify")
     ckpt = save_checkpoint(make_tiny_model(seed=4), root / "ckpt")
     path = root / "tiny.fp32.onnx"
-    export_onnx(make_tiny_model(seed=4), path, metadata={"onerank.checkpoint_sha256": checkpoint_digest(ckpt)})
+    export_onnx(make_tiny_model(seed=4), path, checkpoint_sha256=checkpoint_digest(ckpt))
     return ckpt, path
 
 

@@ -11,7 +11,8 @@ from helpers import make_tiny_model, request
 
 from onerank_export import spec
 from onerank_export.export.custom_op import MATCHING_SCORE
-from onerank_export.export.onnx_export import EXAMPLE_DIMS, OPSET, export_onnx
+from onerank_export.export.onnx_config import EXAMPLE_DIMS, OPSET
+from onerank_export.export.onnx_export import export_onnx
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def child(runner: str, hist_len: int, cands: int, onnx_path: str, min_seconds: f
     dense = runner.startswith("eager-dense")
     flops = count_flops(lambda: model(**tensors) if dense else serving(**tensors))
     if runner.startswith("ort-"):
-        from onerank_export.ort_session import cpu_session
+        from onerank_export.export.ort_session import cpu_session
 
         session = cpu_session(onnx_path, THREADS)
         fn = lambda: session.run(None, feed)  # noqa: E731

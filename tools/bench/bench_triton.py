@@ -59,9 +59,9 @@ def main() -> int:
     from onerank_export.model.demo_checkpoint import ensure_demo_checkpoint
     from onerank_export.parity.cases import random_request
     from onerank_export.parity.runners import OnnxRuntimeRunner
-    from onerank_export.triton.client import OneRankClient
-    from onerank_export.triton.repository import CPU_DIR, write_model_repository
-    from onerank_export.triton.server import TritonServer
+    from onerank_export.serving.client import OneRankClient
+    from onerank_export.serving.repository import CPU_DIR, write_model_repository
+    from onerank_export.serving.server import TritonServer
 
     model = load_checkpoint(ensure_demo_checkpoint())
     cfg = model.cfg

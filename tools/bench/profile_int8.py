@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onerank_export.ort_session import cpu_session_options
+from onerank_export.export.ort_session import cpu_session_options
 
 THREADS = 2
 HIST_LEN, CANDIDATES = 256, 512

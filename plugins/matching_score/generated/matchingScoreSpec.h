@@ -1,5 +1,5 @@
 // Generated from MATCHING_SCORE in src/onerank_export/export/custom_op.py by
-// `python -m onerank_export.engine.plugin_spec`. Do not edit: tests/engine/test_plugin_spec.py
+// `python -m onerank_export.engine.plugin.spec_header`. Do not edit: tests/engine/plugin/test_plugin_spec.py
 // fails when this file differs from what that renders.
 #pragma once
 

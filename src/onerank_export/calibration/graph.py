@@ -14,7 +14,7 @@ from onnx import TensorProto
 from onerank_export import __version__
 from onerank_export.errors import StageError
 from onerank_export.export.custom_op import MATCHING_SCORE
-from onerank_export.export.onnx_export import model_metadata, set_model_metadata
+from onerank_export.export.metadata import model_metadata, set_model_metadata
 
 # Ops that move or reshape data without computing on it: a quantized or fp16 value passes through.
 SHAPE_OPS = frozenset({"Reshape", "Slice", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Flatten", "Expand"})

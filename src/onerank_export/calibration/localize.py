@@ -19,8 +19,8 @@ from onnx import TensorProto, helper
 from onerank_export import spec
 from onerank_export.calibration.data import RequestSet
 from onerank_export.calibration.graph import initializers
+from onerank_export.export.ort_session import cpu_session_options
 from onerank_export.metrics import topk_overlap
-from onerank_export.ort_session import cpu_session_options
 
 FLAG_PREFIX = "probe:"
 

@@ -21,9 +21,9 @@ from onerank_export.calibration.data import CalibrationData, prepare_data
 from onerank_export.calibration.graph import save_atomic
 from onerank_export.calibration.report import write_report
 from onerank_export.calibration.settings import CalibrationSettings
-from onerank_export.export.onnx_export import model_metadata
-from onerank_export.manifest import sha256_file
+from onerank_export.export.metadata import model_metadata
 from onerank_export.model.onerank import OneRankModel
+from onerank_export.pipeline.manifest import sha256_file
 
 Progress = Callable[[str], None]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from onerank_export.cli.common import console, print_stage, resolve_checkpoint
-from onerank_export.stages import StageResult
+from onerank_export.pipeline.result import StageResult
 
 
 class ConsoleUI:
@@ -44,13 +44,13 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
           calibration_data: Path | None, engine: str,
           plugin_library: Path | None, triton: bool, tolerances: Path | None, force: bool, seed: int) -> int:
     """Checkpoint -> ONNX (fp32, fp16, int8) -> parity -> TensorRT engines -> Triton repository + manifest."""
-    from onerank_export.build import PRECISIONS, BuildOptions, check_output_dir
-    from onerank_export.build import build as run_build
     from onerank_export.parity.verify import load_tolerances
+    from onerank_export.pipeline.runner import PRECISIONS, BuildOptions, check_output_dir
+    from onerank_export.pipeline.runner import build as run_build
 
     started = time.perf_counter()
     check_output_dir(out, force)  # before any slow work
-    from onerank_export.engine.stage import unavailable_reason_for
+    from onerank_export.pipeline.stages.engine import unavailable_reason_for
 
     unavailable_reason_for(engine)  # --engine require without CUDA + TensorRT fails here, not after the export
     chosen = PRECISIONS if not precisions else tuple(p for p in PRECISIONS if p in precisions)

@@ -87,7 +87,7 @@ def calibrate(checkpoint: Path | None, onnx_path: Path | None, precision: str, m
 
             console.print("  exporting fp32 ONNX", style="dim")
             onnx_path = export_onnx(model, Path(tmp) / "onerank.fp32.onnx",
-                                    metadata={"onerank.checkpoint_sha256": digest, "onerank.precision": "fp32"}).path
+                                    checkpoint_sha256=digest).path
             label = f"exported from {ckpt} for this run"
         outcome = run_calibration(onnx_path, model, settings, out=out, report_dir=report, sets=sets, fp32_label=label,
                                   progress=lambda msg: console.print(f"  {msg}", style="dim"))

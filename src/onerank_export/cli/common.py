@@ -5,15 +5,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from onerank_export.stages import StageResult, Status
+from onerank_export.pipeline.result import StageResult, Status
 
 # Logs and pipes (CI) get 160 columns instead of rich's 80, so report tables stay readable.
 _PIPE_WIDTH = None if sys.stdout.isatty() else 160
 console = Console(highlight=False, soft_wrap=True, width=_PIPE_WIDTH)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+CHECKPOINT_HELP = "Checkpoint directory (config.json + model.safetensors). Default: the bundled demo checkpoint."
+existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
 _STYLE = {Status.OK: "green", Status.FAILED: "bold red", Status.SKIPPED: "yellow"}
 

@@ -27,7 +27,9 @@ def cli() -> None:
 
 def _register() -> None:
     from onerank_export.cli.build import build
-    from onerank_export.cli.export import demo_checkpoint, export, verify
+    from onerank_export.cli.demo_checkpoint import demo_checkpoint
+    from onerank_export.cli.export import export
+    from onerank_export.cli.verify import verify
 
     for command in (build, export, verify, demo_checkpoint):
         cli.add_command(command)

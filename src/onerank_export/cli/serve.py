@@ -22,7 +22,7 @@ from onerank_export.cli.common import console
               help="Server log file (default: a temporary file, printed at start).")
 def serve(repository: Path, http_port: int, grpc_port: int, startup_timeout: float, log_file: Path | None) -> int:
     """Start tritonserver (from nvidia-pytriton, python backend, CPU) on 127.0.0.1; Ctrl-C stops it."""
-    from onerank_export.triton.server import TritonServer, resolve_repository
+    from onerank_export.serving.server import TritonServer, resolve_repository
 
     repo = resolve_repository(repository)
     server = TritonServer(repo, http_port, grpc_port, log_file=log_file, startup_timeout=startup_timeout)

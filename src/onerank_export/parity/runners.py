@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from onerank_export import spec
+from onerank_export.export.ort_session import cpu_session, cpu_session_options
 from onerank_export.export.serving_graph import ServingGraph
 from onerank_export.model.onerank import OneRankModel
-from onerank_export.ort_session import cpu_session, cpu_session_options
 from onerank_export.parity.runner import Runner, RunnerUnavailable
 
 

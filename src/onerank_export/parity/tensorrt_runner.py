@@ -5,7 +5,7 @@ streams are what the rest of a PyTorch stack uses, and it needs no second CUDA b
 (cuda-python's module layout changed between its 12.x and 13.x releases). A CPU-only torch
 build on a GPU host is reported as RunnerUnavailable with the fix, never as a pass.
 
-TensorRT names used here are audited with the builder's (tests/engine/test_tensorrt_api_names.py).
+TensorRT names used here are audited with the builder's (tests/engine/tensorrt/test_tensorrt_api_names.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def default_plugin_for(plan: Path) -> Path | None:
     """`build`'s layout puts the plugin at DIR/plugins/ beside DIR/engines/<plan>."""
-    from onerank_export.engine.plugin_build import STATIC_LIBRARY
+    from onerank_export.engine.plugin.build import STATIC_LIBRARY
 
     candidate = plan.resolve().parent.parent / "plugins" / STATIC_LIBRARY
     return candidate if candidate.is_file() else None
@@ -50,7 +50,7 @@ class TensorRTRunner(Runner):
 
     # ----- runner interface ----------------------------------------------------------------------
     def activate_impl(self) -> None:
-        from onerank_export.engine.availability import tensorrt_unavailable_reason
+        from onerank_export.engine.tensorrt.availability import tensorrt_unavailable_reason
 
         reason = tensorrt_unavailable_reason()
         if reason:
@@ -107,7 +107,7 @@ class TensorRTRunner(Runner):
 
 
 def _deserialize(trt: ModuleType, plan: Path, plugin_library: Path | None) -> tuple[Any, Any, Any]:
-    from onerank_export.engine.tensorrt_api import last_logged_error, load_plugin_library, shared_logger
+    from onerank_export.engine.tensorrt.api import last_logged_error, load_plugin_library, shared_logger
 
     logger = shared_logger(trt)
     runtime = trt.Runtime(logger)

@@ -17,7 +17,7 @@ class TritonRunner(Runner):
         self.client = None
 
     def activate_impl(self) -> None:
-        from onerank_export.triton.client import OneRankClient
+        from onerank_export.serving.client import OneRankClient
 
         try:
             # Validation off: parity cases are valid by construction, and the server validates anyway.

@@ -13,7 +13,7 @@ import onnx
 
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import CheckFailed, ConfigError
-from onerank_export.export.onnx_export import model_metadata
+from onerank_export.export.metadata import model_metadata
 from onerank_export.model.checkpoint import checkpoint_digest, load_checkpoint
 from onerank_export.parity.cases import ParityCase, default_cases, shape_case
 from onerank_export.parity.compare import Tolerance

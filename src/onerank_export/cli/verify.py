@@ -1,0 +1,58 @@
+"""`verify`: parity of ONNX models, TensorRT plans or a served model against eager PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onerank_export.cli.common import CHECKPOINT_HELP, console, existing_dir, resolve_checkpoint
+from onerank_export.errors import CheckFailed, RequestError
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        b, length, n = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise RequestError(f"--shape {text!r}: expected BxLxN, e.g. 2x256x512") from None
+    return b, length, n
+
+
+@click.command()
+@click.option("--checkpoint", type=existing_dir, help=CHECKPOINT_HELP)
+@click.option("--onnx", "onnx_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ONNX model(s) to check (precision read from the model). Default: export fp32 now.")
+@click.option("--engine", "engines", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TensorRT plan(s) to check (needs a GPU and TensorRT).")
+@click.option("--plugin", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="libonerank_plugins.so for --engine.")
+@click.option("--triton", "triton_url", help="URL of a running Triton server to check, e.g. 127.0.0.1:8000.")
+@click.option("--triton-model", default=None, help="Model name on the Triton server. Default: the CPU model.")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option("--shape", "shapes", multiple=True, help="Extra case BxLxN (repeatable), e.g. 3x100x300.")
+@click.option("--tolerances", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help='JSON {"fp16": {"atol": 0.005}, ...} overriding per-precision tolerances.')
+@click.option("--reports", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
+              show_default=True, help="Directory for parity.json and junit.xml.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def verify(checkpoint: Path | None, onnx_files: tuple[Path, ...], engines: tuple[Path, ...], plugin: Path | None,
+           triton_url: str | None, triton_model: str | None, protocol: str, shapes: tuple[str, ...],
+           tolerances: Path | None, reports: Path, seed: int) -> int:
+    """Compare backends with the eager PyTorch model on seeded requests; exit 1 on any mismatch."""
+    from onerank_export.parity.verify import VerifyTargets, run_verify
+
+    ckpt, _ = resolve_checkpoint(checkpoint)
+    targets = VerifyTargets(onnx=list(onnx_files), engines=list(engines), plugin=plugin, triton_url=triton_url,
+                            triton_model=triton_model, protocol=protocol)
+    report = run_verify(ckpt, targets, [parse_shape(s) for s in shapes], tolerances, reports, seed,
+                        progress=lambda msg: console.print(f"  {msg}", style="dim"))
+    from onerank_export.parity.report import parity_table
+
+    console.print(parity_table(report))
+    counts = report.counts()
+    console.print(f"parity: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped; "
+                  f"wrote {reports / 'parity.json'} and {reports / 'junit.xml'}")
+    if not report.passed:
+        raise CheckFailed(f"parity failed: {len(report.failures)} check(s) out of tolerance; "
+                          f"see {reports / 'parity.json'}")
+    return 0

@@ -1,0 +1,119 @@
+"""What an engine was built from and for: the optimisation profile and the `<plan>.json` beside it.
+
+Pure functions (no TensorRT): the profile comes from the serving spec, so the engine accepts
+exactly the shapes the ONNX export, Triton and request validation accept; the metadata records
+what a plan is only valid for (TensorRT version, GPU compute capability, plugin library).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from onerank_export import spec
+from onerank_export.config import OneRankConfig
+from onerank_export.errors import StageError
+from onerank_export.pipeline.manifest import sha256_file
+
+PLAN_META_FORMAT = "onerank-plan-meta/1"
+PRECISIONS = ("fp32", "fp16", "int8")
+ProfileShapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+_REQUIRED = ("format", "plan", "plan_sha256", "precision", "tensorrt_version", "gpu", "profile", "onnx",
+             "plugin_library", "build_seconds")
+
+
+def optimization_profile(config: OneRankConfig) -> ProfileShapes:
+    """{input name: (min, opt, max)} for every serving input, from `spec.profile_shapes`."""
+    return {s.name: spec.profile_shapes(config, s) for s in spec.INPUTS}
+
+
+def plan_file_name(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise StageError(f"unknown engine precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    return f"onerank.{precision}.plan"
+
+
+def metadata_path(plan: Path) -> Path:
+    return plan.with_name(plan.name + ".json")
+
+
+def plan_metadata(*, plan: Path, precision: str, tensorrt_version: str, gpu_name: str, compute_capability: str,
+                  profile: ProfileShapes, onnx: Path, plugin_library: Path | None, build_seconds: float,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata of a built plan, hashing the files it was built from."""
+    return {
+        "format": PLAN_META_FORMAT,
+        "plan": plan.name,
+        "plan_sha256": sha256_file(plan),
+        "plan_bytes": plan.stat().st_size,
+        "precision": precision,
+        "tensorrt_version": tensorrt_version,
+        "gpu": {"name": gpu_name, "compute_capability": compute_capability},
+        "profile": {name: {"min": list(mn), "opt": list(opt), "max": list(mx)}
+                    for name, (mn, opt, mx) in profile.items()},
+        "onnx": {"file": onnx.name, "sha256": sha256_file(onnx)},
+        "plugin_library": None if plugin_library is None else {"file": plugin_library.name,
+                                                               "sha256": sha256_file(plugin_library)},
+        "build_seconds": round(float(build_seconds), 3),
+        **dict(extra or {}),
+    }
+
+
+def write_plan_metadata(path: Path, meta: Mapping[str, Any]) -> Path:
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise ValueError(f"plan metadata lacks {missing}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_plan_metadata(path: Path) -> dict[str, Any]:
+    """Read and check a `<plan>.json`; a one-line StageError if it is not one."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StageError(f"{path}: not readable plan metadata ({str(exc).splitlines()[0]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != PLAN_META_FORMAT:
+        raise StageError(f"{path}: not plan metadata (format should be {PLAN_META_FORMAT!r})")
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise StageError(f"{path}: plan metadata lacks '{missing[0]}'")
+    return meta
+
+
+def profile_from_metadata(meta: Mapping[str, Any]) -> ProfileShapes:
+    return {name: (tuple(r["min"]), tuple(r["opt"]), tuple(r["max"])) for name, r in meta["profile"].items()}
+
+
+# CUdevice_attribute values from cuda.h (stable since CUDA 2.x).
+_CU_COMPUTE_CAPABILITY_MAJOR = 75
+_CU_COMPUTE_CAPABILITY_MINOR = 76
+
+
+def cuda_device_identity(ordinal: int = 0) -> tuple[str, str]:
+    """(name, "major.minor") of a CUDA device, through the driver API: TensorRT has no call for it."""
+    from onerank_export.engine.tensorrt.availability import load_libcuda
+
+    cuda = load_libcuda()
+    if cuda is None:
+        raise StageError("libcuda.so.1 not found: no NVIDIA driver on this host")
+    device, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    name = ctypes.create_string_buffer(256)
+    calls = [("cuInit", cuda.cuInit(0)),
+             ("cuDeviceGet", cuda.cuDeviceGet(ctypes.byref(device), ordinal)),
+             ("cuDeviceGetName", cuda.cuDeviceGetName(name, len(name), device)),
+             ("cuDeviceGetAttribute", cuda.cuDeviceGetAttribute(ctypes.byref(major), _CU_COMPUTE_CAPABILITY_MAJOR,
+                                                                device)),
+             ("cuDeviceGetAttribute", cuda.cuDeviceGetAttribute(ctypes.byref(minor), _CU_COMPUTE_CAPABILITY_MINOR,
+                                                                device))]
+    for call, status in calls:
+        if status != 0:
+            raise StageError(f"CUDA driver call {call} failed with CUresult {status} for device {ordinal}")
+    return name.value.decode(errors="replace"), f"{major.value}.{minor.value}"

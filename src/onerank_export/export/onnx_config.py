@@ -1,0 +1,81 @@
+"""How OneRank is exported: one declarative description (in the spirit of optimum's `OnnxConfig`).
+
+The opset, the dynamic axes (from the serving contract in `spec.py`), the example request the
+exporter traces with, and the parity tolerance each precision of the exported model is held to
+all live here; the exporter, the parity suite and the checks of the reduced-precision models
+read them from this object instead of keeping their own copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from onerank_export import spec
+from onerank_export.precision import DEFAULT_TOLERANCES, Precision, Tolerance
+
+if TYPE_CHECKING:
+    import torch
+
+    from onerank_export.model.onerank import OneRankModel
+
+OPSET = 20  # the ai.onnx opset the export writes
+# TensorRT 10.0+ parses ai.onnx opsets 9..20; per-channel DequantizeLinear needs >= 13.
+TENSORRT_MIN_QDQ_OPSET, TENSORRT_MAX_OPSET = 13, 20
+# Example sizes: distinct, > 1, so the exporter cannot confuse or specialise dynamic axes.
+EXAMPLE_DIMS = {spec.BATCH: 2, spec.HIST_LEN: 11, spec.NUM_CANDIDATES: 7}
+
+
+@dataclass(frozen=True)
+class OneRankOnnxConfig:
+    opset: int = OPSET
+    example_dims: Mapping[str, int] = field(default_factory=lambda: dict(EXAMPLE_DIMS))
+    tolerances: Mapping[Precision, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return spec.INPUT_NAMES
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return spec.OUTPUT_NAMES
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """{tensor: {axis index: axis name}} for every input and output, from the serving contract."""
+        return {s.name: {i: a for i, a in enumerate(s.axes) if a in spec.DYNAMIC_AXES}
+                for s in (*spec.INPUTS, *spec.OUTPUTS)}
+
+    def dynamic_shapes(self, model: OneRankModel) -> dict[str, dict[int, torch.export.Dim]]:
+        import torch
+
+        cfg = model.cfg
+        dims = {a: torch.export.Dim(a, min=1, max=max(spec.axis_range(cfg, a)[2], 2)) for a in spec.DYNAMIC_AXES}
+        return {name: {i: dims[a] for i, a in axes.items()} for name, axes in self.dynamic_axes().items()
+                if name in spec.INPUT_NAMES}
+
+    def example_inputs(self, model: OneRankModel) -> tuple[torch.Tensor, ...]:
+        """A small valid request: some history and candidates real, the rest padding."""
+        import torch
+
+        cfg = model.cfg
+        g = torch.Generator().manual_seed(0)
+        out = []
+        for s in spec.INPUTS:
+            shape = s.shape_for(cfg, self.example_dims)
+            if s.vocab_field is None:
+                out.append(torch.randn(shape, generator=g))
+            else:
+                t = torch.randint(1, getattr(cfg, s.vocab_field), shape, generator=g)
+                if s.name.startswith("hist"):
+                    t[0, :3] = 0
+                if s.name == "cand_item_ids":
+                    t[1, -2:] = 0
+                out.append(t)
+        return tuple(out)
+
+    def tolerance(self, precision: Precision | str) -> Tolerance:
+        return self.tolerances[Precision(precision)]
+
+
+ONERANK_ONNX_CONFIG = OneRankOnnxConfig()

@@ -1,0 +1,77 @@
+"""manifest.json: what was built from what, with which tools, and every check's verdict.
+
+Every artifact is listed with its sha256 and size; a stage that did not run is listed as
+`skipped: <reason>` and contributes no artifact.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from onerank_export import __version__
+from onerank_export.config import OneRankConfig
+from onerank_export.pipeline.result import StageResult, Status
+
+MANIFEST_FORMAT = "onerank-manifest/1"
+_LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "safetensors", "tritonclient",
+              "nvidia-pytriton", "triton", "tensorrt", "protobuf")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def build_manifest(out_dir: Path, config: OneRankConfig, checkpoint: dict[str, Any], options: dict[str, Any],
+                   stages: list[StageResult]) -> dict[str, Any]:
+    """The manifest for a build whose files live under `out_dir` (paths recorded relative to it)."""
+    artifacts = []
+    stage_rows = []
+    for st in stages:
+        rows = []
+        for role, path in sorted(st.artifacts.items()):
+            path = Path(path)
+            if not path.is_file():  # never list what does not exist
+                raise AssertionError(f"stage {st.name} lists {path} which does not exist")
+            rows.append({"role": role, "path": str(path.relative_to(out_dir)), "sha256": sha256_file(path),
+                         "bytes": path.stat().st_size})
+        artifacts += [{**r, "stage": st.name} for r in rows]
+        stage_rows.append({"name": st.name, "status": st.status.value, "verdict": st.verdict, "detail": st.detail,
+                           "seconds": round(st.seconds, 3), "metrics": st.metrics, "artifacts": rows})
+    return {
+        "format": MANIFEST_FORMAT,
+        "tool": {"name": "onerank-export", "version": __version__},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"platform": platform.platform(), "machine": platform.machine()},
+        "versions": library_versions(),
+        "checkpoint": checkpoint,
+        "config": config.to_dict(),
+        "options": options,
+        "passed": all(st.status is not Status.FAILED for st in stages),
+        "stages": stage_rows,
+        "artifacts": artifacts,
+    }
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+    return path

@@ -1,0 +1,69 @@
+"""Triton python-backend model: the exported ONNX run by ONNX Runtime on the CPU.
+
+Copied verbatim to `model_repository_cpu/onerank/1/model.py` by `build`. It serves the same
+inputs, outputs and dims as the production configs, and validates every request against the
+serving contract (the `onerank.config` parameter of its config.pbtxt) before running it, so a
+bad request gets a one-line error and the model keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import site
+import sys
+
+# The python backend stub starts its interpreter without site-packages. `onerank-export serve`
+# passes the launching environment's import path; addsitedir also runs its .pth files (editable
+# installs).
+for _path in os.environ.get("ONERANK_PYTHONPATH", "").split(os.pathsep):
+    if _path and _path not in sys.path:
+        site.addsitedir(_path)
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from onerank_export import spec  # noqa: E402
+from onerank_export.config import OneRankConfig  # noqa: E402
+from onerank_export.errors import RequestError  # noqa: E402
+from onerank_export.export.ort_session import cpu_session  # noqa: E402
+
+
+def _client_error(message: str):
+    """Bad requests are the client's error (HTTP 400 / INVALID_ARGUMENT), not the server's."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        model_config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
+        self.config = OneRankConfig.from_dict(json.loads(params["onerank.config"]), source="config.pbtxt")
+        self.max_batch = int(model_config["max_batch_size"])
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        self.session = cpu_session(path, int(params.get("intra_op_threads", "1")), inter_op_threads=1)
+
+    def execute(self, requests: list) -> list:
+        # Each request is scored on its own: a batch row is a whole ranking request, and requests
+        # of different L or N cannot share a tensor without padding that would cost every row.
+        return [self._score(request) for request in requests]
+
+    def _score(self, request):
+        try:
+            feed = {}
+            for t in spec.INPUTS:
+                tensor = pb_utils.get_input_tensor_by_name(request, t.name)
+                if tensor is None:
+                    raise RequestError(f"missing input '{t.name}'")
+                feed[t.name] = tensor.as_numpy()
+            spec.validate_request(self.config, feed, max_batch=self.max_batch)
+            (scores,) = self.session.run(list(spec.OUTPUT_NAMES), feed)
+            return pb_utils.InferenceResponse([pb_utils.Tensor("scores", np.ascontiguousarray(scores))])
+        except RequestError as exc:
+            return pb_utils.InferenceResponse(error=_client_error(str(exc)))
+        except Exception as exc:  # an ORT failure is reported to that client; the model keeps serving
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+
+    def finalize(self) -> None:
+        self.session = None

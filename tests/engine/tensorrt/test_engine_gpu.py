@@ -1,0 +1,133 @@
+"""On a GPU host with TensorRT: build the plugin, build each precision's engine from the demo
+checkpoint's ONNX, run it through the TensorRT runner and compare with eager through the parity
+suite. Everywhere else the `gpu` marker skips these with the reason (tests/conftest.py).
+
+Nothing here has run yet: this machine has no GPU (docs/engine.md says what is fenced on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onerank_export.engine.tensorrt.builder import build_engine
+from onerank_export.engine.tensorrt.plan_metadata import optimization_profile, read_plan_metadata
+from onerank_export.errors import RequestError
+from onerank_export.parity.cases import default_cases, shape_case
+from onerank_export.parity.runners import EagerDenseRunner
+from onerank_export.parity.suite import DEFAULT_TOLERANCES, run_parity
+from onerank_export.parity.tensorrt_runner import TensorRTRunner
+from onerank_export.parity.verify import invariance_case
+from onerank_export.pipeline.manifest import sha256_file
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="session")
+def plugin_library(tmp_path_factory):
+    from onerank_export.engine.plugin.build import build_plugin_library
+
+    return build_plugin_library(tmp_path_factory.mktemp("plugins"), progress=print)
+
+
+@pytest.fixture(scope="session")
+def timing_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("timing") / "timing.cache"
+
+
+@pytest.fixture(scope="session")
+def precision_onnx(demo_model, demo_fp32_onnx, tmp_path_factory):
+    """precision -> ONNX: fp32 from the export, fp16 / int8 from calibration/ when it exists."""
+    cache = {"fp32": demo_fp32_onnx}
+
+    def get(precision: str):
+        if precision not in cache:
+            try:
+                from onerank_export.pipeline.stages.precision import run_precision_stage
+            except ImportError as exc:
+                pytest.skip(f"{precision} ONNX needs onerank_export.calibration ({exc})")
+            result = run_precision_stage(precision, demo_fp32_onnx, demo_model, tmp_path_factory.mktemp(precision),
+                                         method="minmax", seed=0)
+            path = result.artifacts.get(f"onnx_{precision}")
+            assert path is not None and path.is_file(), result.verdict
+            cache[precision] = path
+        return cache[precision]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def engines(precision_onnx, plugin_library, demo_model, timing_cache, tmp_path_factory):
+    built = {}
+
+    def get(precision: str):
+        if precision not in built:
+            plan = tmp_path_factory.mktemp(f"engine-{precision}") / f"onerank.{precision}.plan"
+            built[precision] = build_engine(precision_onnx(precision), plan, demo_model.cfg, precision,
+                                            plugin_library=plugin_library, timing_cache=timing_cache, progress=print)
+        return built[precision]
+
+    return get
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_engine_matches_eager_through_the_parity_suite(precision, engines, plugin_library, demo_model):
+    cfg = demo_model.cfg
+    build = engines(precision)
+    max_batch = shape_case(cfg, cfg.serving.max_batch_size, 64, 96, seed=1, name="max-batch")
+    cases = [*default_cases(cfg, seed=0), max_batch]
+    runner = TensorRTRunner(build.plan, plugin_library=plugin_library)
+    report = run_parity(EagerDenseRunner(demo_model), [(runner, precision)], cases, DEFAULT_TOLERANCES,
+                        invariance_case=invariance_case(cfg, 0))
+    counts = report.counts()
+    worst = max((o.max_abs for c in report.cases for o in c.outputs), default=float("nan"))
+    assert counts["skipped"] == 0, [c.reason for c in report.cases if c.status == "skipped"][:1]
+    assert report.passed, (f"{counts['failed']} failed, worst max_abs {worst:.3g} vs atol "
+                           f"{DEFAULT_TOLERANCES[precision].atol}: {json.dumps(report.to_dict()['cases'][:1])}")
+    assert len(report.cases) == len(cases) and len(report.invariances) == 3
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_plan_metadata_describes_the_build(precision, engines, precision_onnx, plugin_library, demo_model):
+    import tensorrt as trt
+
+    build = engines(precision)
+    meta = read_plan_metadata(build.metadata)
+    assert meta["precision"] == precision and meta["tensorrt_version"] == trt.__version__
+    assert meta["plan_sha256"] == sha256_file(build.plan)
+    assert meta["onnx"]["sha256"] == sha256_file(precision_onnx(precision))
+    assert meta["plugin_library"]["sha256"] == sha256_file(plugin_library)
+    assert meta["gpu"]["name"] and meta["gpu"]["compute_capability"].replace(".", "").isdigit()
+    assert meta["profile"] == json.loads(json.dumps({n: {"min": list(a), "opt": list(b), "max": list(c)} for n, (
+        a, b, c) in optimization_profile(demo_model.cfg).items()}))
+    assert meta["plugin_layers"] >= 1 and meta["build_seconds"] > 0
+
+
+def test_timing_cache_is_reused_by_the_next_build(engines, precision_onnx, plugin_library, demo_model,
+                                                  timing_cache, tmp_path):
+    engines("fp32")
+    assert timing_cache.is_file() and timing_cache.stat().st_size > 0
+    again = build_engine(precision_onnx("fp32"), tmp_path / "onerank.fp32.plan", demo_model.cfg, "fp32",
+                         plugin_library=plugin_library, timing_cache=timing_cache)
+    assert again.timing_cache_reused
+    assert read_plan_metadata(again.metadata)["timing_cache"]["reused"] is True
+
+
+def test_runner_rejects_shapes_outside_the_profile(engines, plugin_library, demo_model):
+    cfg = demo_model.cfg
+    too_big = shape_case(cfg, cfg.serving.max_batch_size + 1, 8, 8)  # shape_case bounds L and N, not B
+    runner = TensorRTRunner(engines("fp32").plan, plugin_library=plugin_library)
+    with runner, pytest.raises(RequestError, match="outside the engine's profile"):
+        runner.infer(too_big.feed)
+
+
+def test_engine_stage_require_lists_the_files_it_built(demo_fp32_onnx, plugin_library, demo_model, tmp_path):
+    from onerank_export.pipeline.stages.engine import run_engine_stage
+
+    result = run_engine_stage({"fp32": demo_fp32_onnx}, tmp_path, demo_model.cfg, "require",
+                              plugin_library=plugin_library)
+    assert result.status.value == "ok", result.verdict
+    assert set(result.artifacts) == {"plugin_library", "engine_fp32", "plan_meta_fp32"}
+    assert all(p.is_file() and tmp_path in p.parents for p in result.artifacts.values())
+    assert result.artifacts["engine_fp32"] == tmp_path / "engines" / "onerank.fp32.plan"

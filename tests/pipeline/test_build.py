@@ -1,0 +1,76 @@
+"""`build` writes the layout of DESIGN.md atomically, with a manifest whose every claim is checkable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from helpers import make_tiny_model
+
+from onerank_export.cli.main import main
+from onerank_export.model.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    return save_checkpoint(make_tiny_model(), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def build(capsys, *argv):
+    code = main(["build", *argv])
+    return code, capsys.readouterr()
+
+
+def test_build_writes_manifest_with_verified_artifacts(capsys, tiny_ckpt, tmp_path):
+    out = tmp_path / "build"
+    code, io = build(capsys, "--checkpoint", str(tiny_ckpt), "--out", str(out), "--precision", "none",
+                     "--no-triton", "--engine", "skip")
+    assert code == 0, io.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["passed"] is True
+    assert [s["name"] for s in manifest["stages"]] == ["checkpoint", "export fp32", "parity", "engine"]
+    assert manifest["stages"][3]["verdict"] == "skipped: --engine skip"
+    assert manifest["config"]["d_model"] == 16 and manifest["versions"]["onnxruntime"]
+    for artifact in manifest["artifacts"]:
+        data = (out / artifact["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == artifact["sha256"] and len(data) == artifact["bytes"]
+    assert {a["path"] for a in manifest["artifacts"]} == {"onnx/onerank.fp32.onnx", "reports/parity.json",
+                                                          "reports/junit.xml"}
+    assert "skipped: --engine skip" in io.out
+    # A second build replaces the first (it is ours) and leaves no temporary directories behind.
+    code, _ = build(capsys, "--checkpoint", str(tiny_ckpt), "--out", str(out), "--precision", "none",
+                    "--no-triton", "--engine", "skip")
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
+
+
+def test_engine_auto_says_skipped_with_the_reason_and_exits_0(capsys, tiny_ckpt, tmp_path):
+    from onerank_export.engine.tensorrt.availability import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    if reason is None:
+        pytest.skip("TensorRT is available here")
+    out = tmp_path / "b"
+    code, io = build(capsys, "--checkpoint", str(tiny_ckpt), "--out", str(out), "--precision", "none",
+                     "--no-triton", "--engine", "auto")
+    assert code == 0, io.err
+    assert f"skipped: {reason}" in io.out
+    engine = next(s for s in json.loads((out / "manifest.json").read_text())["stages"] if s["name"] == "engine")
+    assert engine["status"] == "skipped" and engine["verdict"] == f"skipped: {reason}"
+    assert engine["artifacts"] == [] and not (out / "engines").exists()
+
+
+def test_failed_parity_gate_exits_1_but_leaves_a_complete_report(capsys, tiny_ckpt, tmp_path):
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({"fp32": {"atol": 0.0}}))
+    out = tmp_path / "b"
+    code, io = build(capsys, "--checkpoint", str(tiny_ckpt), "--out", str(out), "--precision", "none",
+                     "--no-triton", "--engine", "skip", "--tolerances", str(strict))
+    assert code == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    parity = next(s for s in manifest["stages"] if s["name"] == "parity")
+    assert manifest["passed"] is False and parity["status"] == "failed"
+    report = json.loads((out / "reports" / "parity.json").read_text())
+    assert report["passed"] is False and report["counts"]["failed"] > 0
+    assert "FAILED" in io.out
