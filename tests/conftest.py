@@ -51,3 +51,25 @@ def demo_fp32_onnx(demo_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "onerank.fp32.onnx"
     export_onnx(demo_model, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def calibrated(demo_model, demo_fp32_onnx, tmp_path_factory):
+    """calibrated(precision, method="minmax") -> the CalibrationOutcome of the demo fp32 ONNX with
+    default settings (model and report in a directory of its own). Each (precision, method) is
+    calibrated once per session and shared by every test that asks for it."""
+    from onerank_export.calibration.pipeline import calibrate
+    from onerank_export.calibration.settings import CalibrationSettings
+    from onerank_export.precision import Precision
+
+    outcomes = {}
+
+    def get(precision: str | Precision, method: str = "minmax"):
+        key = (Precision(precision), method)
+        if key not in outcomes:
+            tmp = tmp_path_factory.mktemp(f"calibrated-{key[0]}-{method}")
+            outcomes[key] = calibrate(demo_fp32_onnx, demo_model, CalibrationSettings(key[0], method=method),
+                                      out=tmp / f"onerank.{key[0]}.onnx", report_dir=tmp / "reports")
+        return outcomes[key]
+
+    return get

@@ -21,6 +21,6 @@ def make_tiny_model(seed: int = 0, **changes) -> OneRankModel:
 
 def request(cfg: OneRankConfig, batch: int, hist_len: int, num_candidates: int, seed: int = 0,
             full: bool = False) -> dict[str, np.ndarray]:
-    from onerank_export.parity.cases import random_request
+    from onerank_export.spec import random_request
 
     return random_request(cfg, np.random.default_rng(seed), batch, hist_len, num_candidates, full=full)

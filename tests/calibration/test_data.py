@@ -14,7 +14,7 @@ from onerank_export.calibration.settings import CalibrationSettings
 from onerank_export.cli.main import main
 from onerank_export.errors import DataError
 from onerank_export.model.checkpoint import save_checkpoint
-from onerank_export.parity.cases import random_request
+from onerank_export.spec import random_request
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +59,20 @@ def corrupt(kind: str) -> tuple[dict[str, np.ndarray], list[str]]:
     if kind == "missing":
         del data["context_ids"]
         return data, ["missing tensor 'context_ids'"]
+    if kind == "label-dtype":
+        data["labels"] = data["labels"].astype(np.float64)
+        return data, ["'labels'", "float64", "expected float32 (0/1 per task)"]
+    if kind == "label-shape":
+        data["labels"] = data["labels"][:, :5]
+        return data, ["'labels' has num_candidates=5 but 'cand_item_ids' has 7", "must agree"]
+    if kind == "label-not-binary":
+        data["labels"][2, 3, 1] = 0.5
+        return data, ["'labels'", "row 2", "value 0.5", "[3, 1]", "not 0 or 1"]
     raise AssertionError(kind)
 
 
-KINDS = ("nan", "inf-label", "empty", "dtype", "vocab", "negative-id", "shape", "disagree", "missing")
+KINDS = ("nan", "inf-label", "empty", "dtype", "vocab", "negative-id", "shape", "disagree", "missing",
+         "label-dtype", "label-shape", "label-not-binary")
 
 
 @pytest.mark.parametrize("kind", KINDS)

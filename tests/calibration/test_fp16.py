@@ -3,6 +3,8 @@ types change, the serving contract's fp32 I/O, fp16 z/r into the intact scorer, 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -11,16 +13,15 @@ from onnx import TensorProto, helper, numpy_helper
 from onerank_export.calibration.data import prepare_data
 from onerank_export.calibration.fp16 import activation_ranges, convert_fp16, range_blocked_nodes
 from onerank_export.calibration.graph import tensor_types
-from onerank_export.calibration.pipeline import calibrate
 from onerank_export.calibration.settings import CalibrationSettings
+from onerank_export.precision import Precision
 
 
 @pytest.fixture(scope="module")
-def fp16_run(demo_model, demo_fp32_onnx, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fp16")
-    outcome = calibrate(demo_fp32_onnx, demo_model, CalibrationSettings("fp16"), out=tmp / "onerank.fp16.onnx",
-                        report_dir=tmp / "reports")
-    return outcome, onnx.load(str(tmp / "onerank.fp16.onnx")), onnx.load(str(demo_fp32_onnx))
+def fp16_run(calibrated, demo_fp32_onnx):
+    outcome = calibrated(Precision.FP16)
+    assert outcome.model_path is not None, outcome.summary
+    return outcome, onnx.load(str(outcome.model_path)), onnx.load(str(demo_fp32_onnx))
 
 
 def test_fp16_structure(fp16_run):
@@ -56,11 +57,16 @@ def test_fp16_structure(fp16_run):
 
 def test_fp16_error_bound_and_gates_on_the_demo(fp16_run):
     outcome, _, _ = fp16_run
-    acc = outcome.entry["accuracy"]
-    assert outcome.passed and acc["score_abs_error"]["max"] <= 5e-3
-    assert all(abs(m["auc_change"]) <= 0.002 for m in acc["tasks"].values())
-    assert acc["topk_overlap"]["mean"] >= 0.95 and acc["padded_candidates_nonzero"] == 0
-    assert {g["name"] for g in outcome.entry["gates"]} >= {"max_abs_error", "top10_overlap_mean", "structure"}
+    acc = outcome.entry.accuracy
+    assert outcome.passed and acc.max_abs_error <= 5e-3
+    assert all(abs(m.auc_change) <= 0.002 for m in acc.tasks.values())
+    assert acc.topk_overlap.mean >= 0.95 and acc.padded_candidates_nonzero == 0
+    assert {g.name for g in outcome.entry.gates} >= {"max_abs_error", "top10_overlap_mean", "structure"}
+    # The report's JSON says the same as the typed entry.
+    entry = json.loads(outcome.report_path.read_text())["precisions"]["fp16"]
+    assert entry == json.loads(json.dumps(outcome.entry.to_dict()))
+    assert entry["accuracy"]["score_abs_error"]["max"] == acc.max_abs_error
+    assert {g["name"] for g in entry["gates"]} >= {"max_abs_error", "top10_overlap_mean", "structure"}
 
 
 def test_range_check_blocks_nodes_whose_activations_exceed_the_limit():

@@ -15,17 +15,16 @@ from onerank_export.calibration.checks import check_int8
 from onerank_export.calibration.data import prepare_data
 from onerank_export.calibration.histogram import entropy_threshold
 from onerank_export.calibration.int8 import quantize_int8
-from onerank_export.calibration.pipeline import calibrate
 from onerank_export.calibration.settings import CalibrationSettings
 from onerank_export.errors import ConfigError
+from onerank_export.precision import Precision
 
 
 @pytest.fixture(scope="module")
-def int8_run(demo_model, demo_fp32_onnx, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("int8")
-    outcome = calibrate(demo_fp32_onnx, demo_model, CalibrationSettings("int8"), out=tmp / "onerank.int8.onnx",
-                        report_dir=tmp / "reports")
-    return outcome, onnx.load(str(tmp / "onerank.int8.onnx")), onnx.load(str(demo_fp32_onnx))
+def int8_run(calibrated, demo_fp32_onnx):
+    outcome = calibrated(Precision.INT8)
+    assert outcome.model_path is not None, outcome.summary
+    return outcome, onnx.load(str(outcome.model_path)), onnx.load(str(demo_fp32_onnx))
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +91,18 @@ def test_int8_runs_in_onnxruntime_and_passes_the_gates_on_the_demo(int8_run):
 
 def test_localisation_ranks_every_quantized_node(int8_run):
     outcome, _, _ = int8_run
-    loc = outcome.entry["localization"]
-    errors = [r["mean_abs_error"] for r in loc["nodes"]]
-    assert sorted(r["node"] for r in loc["nodes"]) == sorted(outcome.entry["quantized_nodes"])
+    details = outcome.entry.details
+    loc = details.localization
+    errors = [r.mean_abs_error for r in loc.nodes]
+    assert sorted(r.node for r in loc.nodes) == sorted(details.quantized_nodes)
     assert errors == sorted(errors, reverse=True) and errors[0] > 0
-    assert loc["probe_fidelity"]["float_vs_fp32_onnx"] < 1e-5  # the probe with flags off is the float model
-    assert loc["all_quantized_mean_abs_error"] > errors[0]
+    assert loc.float_vs_fp32_onnx < 1e-5  # the probe with flags off is the float model
+    assert loc.all_quantized_mean_abs_error > errors[0]
+    # The report's JSON says the same.
+    entry = json.loads(outcome.report_path.read_text())["precisions"]["int8"]
+    assert [r["node"] for r in entry["localization"]["nodes"]] == [r.node for r in loc.nodes]
+    assert entry["localization"]["probe_fidelity"]["float_vs_fp32_onnx"] == loc.float_vs_fp32_onnx
+    assert entry["quantized_nodes"] == list(details.quantized_nodes)
 
 
 def test_structure_checks_catch_what_tensorrt_rejects(int8_run):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onerank_export.parity.compare import Tolerance, compare_array
+from onerank_export.parity.compare import compare_array
+from onerank_export.precision import Tolerance
 
 
 def test_statistics_and_required_tolerance():

@@ -8,12 +8,11 @@ import xml.etree.ElementTree as ET
 import numpy as np
 from helpers import make_tiny_model
 
-from onerank_export.parity.cases import default_cases
+from onerank_export.parity.cases import default_cases, invariance_case
 from onerank_export.parity.report import write_junit
 from onerank_export.parity.runner import Runner, RunnerUnavailable
 from onerank_export.parity.runners import EagerDenseRunner, EagerServingRunner
 from onerank_export.parity.suite import run_parity
-from onerank_export.parity.verify import invariance_case
 
 
 class Tampered(Runner):

@@ -8,6 +8,6 @@ eager by ranking metrics on held-out requests. See docs/precision.md.
     fp16.py                   activation-range check and the fp16 converter
     checks.py                 TensorRT / contract structure checks
     accuracy.py, localize.py  ranking metrics, gates, per-node INT8 error
-    report.py, pipeline.py    calibration.json / .png; one run end to end
-    stage.py                  the `build` stage
+    result.py                 the typed outcome of a run and its calibration.json entry
+    report.py, pipeline.py    calibration.json / .png; one run end to end (`pipeline.calibrate`)
 """

@@ -1,8 +1,8 @@
 """Structural checks of the reduced-precision models: what TensorRT's explicit-quantization and
 strongly typed paths require, and what this project promises (contract I/O, the custom op).
 
-Each check is a named pass/fail with a one-line detail; any failure fails the run like an
-accuracy gate (the model is not written).
+Each check is a `Verdict` (passed or failed, with a one-line detail); any failure fails the run
+like an accuracy gate (the model is not written).
 
 INT8 (TensorRT explicit quantization, "Working with Quantized Types" in its developer guide):
   - QuantizeLinear: INT8 zero point equal to 0, positive finite per-tensor scale;
@@ -15,8 +15,6 @@ INT8 (TensorRT explicit quantization, "Working with Quantized Types" in its deve
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -36,25 +34,16 @@ from onerank_export.calibration.graph import (
 from onerank_export.calibration.selection import NodeChoice
 from onerank_export.errors import StageError
 from onerank_export.export.custom_op import MATCHING_SCORE
-
-MAX_OPSET = 20  # TensorRT 10.0+ parses ONNX opsets up to 20
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    passed: bool
-    detail: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+from onerank_export.export.onnx_config import TENSORRT_MAX_OPSET, TENSORRT_MIN_QDQ_OPSET
+from onerank_export.verdict import Verdict
 
 
-def _check(name: str, problems: list[str], ok: str) -> Check:
-    return Check(name, not problems, ok if not problems else f"{len(problems)} problem(s), first: {problems[0]}")
+def _check(name: str, problems: list[str], ok: str) -> Verdict:
+    return Verdict.check(name, not problems,
+                         ok if not problems else f"{len(problems)} problem(s), first: {problems[0]}")
 
 
-def check_int8(model: onnx.ModelProto, fp32: onnx.ModelProto, plan: list[NodeChoice]) -> list[Check]:
+def check_int8(model: onnx.ModelProto, fp32: onnx.ModelProto, plan: list[NodeChoice]) -> list[Verdict]:
     g = model.graph
     consts, made_by, used_by = initializers(g), producers(g), consumers(g)
     types = tensor_types(model)
@@ -112,12 +101,14 @@ def check_int8(model: onnx.ModelProto, fp32: onnx.ModelProto, plan: list[NodeCho
         _check("float_nodes_unquantized", leaks, f"{len(float_nodes)} float nodes and the scorer inputs read no DQ"),
         _check("planned_nodes_quantized", missing, f"{len(low)} nodes have Q/DQ on every float input"),
         _custom_op_check(model, fp32),
-        _check("opset_for_tensorrt", [] if 13 <= opset <= MAX_OPSET else [f"opset {opset}"],
-               f"ai.onnx opset {opset} (per-channel DQ needs >= 13; TensorRT 10 parses <= {MAX_OPSET})"),
+        _check("opset_for_tensorrt",
+               [] if TENSORRT_MIN_QDQ_OPSET <= opset <= TENSORRT_MAX_OPSET else [f"opset {opset}"],
+               f"ai.onnx opset {opset} (per-channel DQ needs >= {TENSORRT_MIN_QDQ_OPSET}; TensorRT 10 parses "
+               f"<= {TENSORRT_MAX_OPSET})"),
     ]
 
 
-def check_fp16(model: onnx.ModelProto, fp32: onnx.ModelProto, plan: list[NodeChoice]) -> list[Check]:
+def check_fp16(model: onnx.ModelProto, fp32: onnx.ModelProto, plan: list[NodeChoice]) -> list[Verdict]:
     g = model.graph
     types, made_by = tensor_types(model), producers(g)
     io = [f"{a.name}: {a.type.tensor_type.elem_type} vs {b.type.tensor_type.elem_type}"
@@ -194,12 +185,13 @@ def _weight_problems(dq: onnx.NodeProto, consts: dict, used_by: dict, const) -> 
     return out
 
 
-def _custom_op_check(model: onnx.ModelProto, fp32: onnx.ModelProto) -> Check:
+def _custom_op_check(model: onnx.ModelProto, fp32: onnx.ModelProto) -> Verdict:
     try:
         check_custom_op_intact(model, fp32)
     except StageError as exc:
-        return Check("custom_op_intact", False, str(exc))
-    return Check("custom_op_intact", True, "one onerank::MatchingScore node, attributes and FunctionProto as in fp32")
+        return Verdict.check("custom_op_intact", False, str(exc))
+    return Verdict.check("custom_op_intact", True,
+                         "one onerank::MatchingScore node, attributes and FunctionProto as in fp32")
 
 
 def _through_shape_ops(tensor: str, made_by: dict[str, onnx.NodeProto]) -> str:

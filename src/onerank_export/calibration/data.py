@@ -59,10 +59,36 @@ class RequestSet:
 
 
 @dataclass(frozen=True)
+class DataInfo:
+    """Where the requests came from and how they were split: the report's `data` section."""
+
+    source: str
+    calibration_requests: int
+    evaluation_requests: int
+    evaluation_dropped_as_duplicates: int  # held-out requests also present in the calibration set
+    calibration_shape: dict[str, int]  # {hist_len, num_candidates}
+    evaluation_shape: dict[str, int]
+    seed: int
+    disjoint: bool = True  # always: shared requests are dropped from evaluation
+
+    @property
+    def short_source(self) -> str:
+        """The source without its parenthesised detail, for one console line."""
+        return self.source.split(" (")[0]
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "calibration_requests": self.calibration_requests,
+                "evaluation_requests": self.evaluation_requests,
+                "evaluation_dropped_as_duplicates": self.evaluation_dropped_as_duplicates,
+                "calibration_shape": dict(self.calibration_shape), "evaluation_shape": dict(self.evaluation_shape),
+                "seed": self.seed, "disjoint": self.disjoint}
+
+
+@dataclass(frozen=True)
 class CalibrationData:
     calibration: RequestSet
     evaluation: RequestSet
-    info: dict  # source, sizes, shapes and seeds, for the report
+    info: DataInfo
 
 
 def load_requests(path: Path, cfg: OneRankConfig) -> RequestSet:
@@ -89,16 +115,9 @@ def prepare_data(cfg: OneRankConfig, settings: CalibrationSettings, data: Path |
             calib, evaluation = _split(pool, settings)
         source = str(data) if eval_data is None else f"{data} (calibration), {eval_data} (evaluation)"
     evaluation, dropped = _drop_shared(calib, evaluation)
-    info = {
-        "source": source,
-        "calibration_requests": len(calib),
-        "evaluation_requests": len(evaluation),
-        "evaluation_dropped_as_duplicates": dropped,
-        "calibration_shape": _shape(calib),
-        "evaluation_shape": _shape(evaluation),
-        "seed": settings.seed,
-        "disjoint": True,
-    }
+    info = DataInfo(source=source, calibration_requests=len(calib), evaluation_requests=len(evaluation),
+                    evaluation_dropped_as_duplicates=dropped, calibration_shape=_shape(calib),
+                    evaluation_shape=_shape(evaluation), seed=settings.seed)
     return CalibrationData(calib, evaluation, info)
 
 

@@ -21,8 +21,13 @@ import numpy as np
 from onerank_export import spec
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import DataError
+from onerank_export.spec import ContractViolation, Violation
 
 LABELS = "labels"
+# Labels go through the contract checker like the inputs (dtype, shape, agreement, finiteness);
+# only the 0/1 rule is this module's own.
+LABELS_SPEC = spec.TensorSpec(LABELS, "float32", (spec.BATCH, spec.NUM_CANDIDATES, spec.NUM_TASKS),
+                              "0/1 per candidate and task, in the config's task order")
 KNOWN = (*spec.INPUT_NAMES, LABELS)
 
 
@@ -43,34 +48,13 @@ def read_request_file(path: Path, cfg: OneRankConfig) -> tuple[dict[str, np.ndar
 
 def validate_arrays(arrays: dict[str, np.ndarray], cfg: OneRankConfig, where: str
                     ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    _check_names(arrays, where)
-    static = spec.static_axis_sizes(cfg)
-    dims: dict[str, tuple[int, str]] = {}  # axis -> (size, tensor that fixed it)
-    for s in spec.INPUTS:
-        arr = arrays[s.name]
-        if arr.dtype != s.np_dtype:
-            raise DataError(f"{where}: tensor '{s.name}' has dtype {arr.dtype}, expected {s.dtype} "
-                            f"(store it with .astype(np.{s.dtype}))")
-        _check_shape(where, s.name, arr, s.axes, static, dims)
-    if dims[spec.BATCH][0] == 0:
-        raise DataError(f"{where}: holds no requests (tensor '{spec.INPUT_NAMES[0]}' has 0 rows)")
-    for axis in (spec.HIST_LEN, spec.NUM_CANDIDATES):
-        lo, _, hi = spec.axis_range(cfg, axis)
-        size, name = dims[axis]
-        if not lo <= size <= hi:
-            raise DataError(f"{where}: tensor '{name}' has {axis}={size}, outside the model's range [{lo}, {hi}]")
+    """(features, labels or None) once the arrays follow the serving contract (`spec.check_arrays`,
+    labels as an optional extra tensor) and every label is 0 or 1; else a DataError naming the row."""
+    problem = spec.check_arrays(cfg, arrays, extra=(LABELS_SPEC,))
+    if problem is not None:
+        raise DataError(f"{where}: {_message(problem)}")
     labels = arrays.get(LABELS)
     if labels is not None:
-        if labels.dtype != np.float32:
-            raise DataError(f"{where}: tensor '{LABELS}' has dtype {labels.dtype}, expected float32 (0/1 per task)")
-        _check_shape(where, LABELS, labels, (spec.BATCH, spec.NUM_CANDIDATES, spec.NUM_TASKS), static, dims)
-    for s in spec.INPUTS:
-        if s.vocab_field is not None:
-            _check_ids(where, s.name, arrays[s.name], getattr(cfg, s.vocab_field), s.vocab_field)
-        else:
-            _check_finite(where, s.name, arrays[s.name])
-    if labels is not None:
-        _check_finite(where, LABELS, labels)
         bad = (labels != 0) & (labels != 1)
         if bad.any():
             idx = [int(i) for i in np.argwhere(bad)[0]]
@@ -79,44 +63,34 @@ def validate_arrays(arrays: dict[str, np.ndarray], cfg: OneRankConfig, where: st
     return {s.name: arrays[s.name] for s in spec.INPUTS}, labels
 
 
-def _check_names(arrays: dict[str, np.ndarray], where: str) -> None:
-    missing = [n for n in spec.INPUT_NAMES if n not in arrays]
-    if missing:
-        raise DataError(f"{where}: missing tensor '{missing[0]}' (a request file holds {', '.join(spec.INPUT_NAMES)} "
-                        f"and optionally '{LABELS}')")
-    unknown = sorted(set(arrays) - set(KNOWN))
-    if unknown:
-        raise DataError(f"{where}: unknown tensor '{unknown[0]}' (known: {', '.join(KNOWN)})")
-
-
-def _check_shape(where: str, name: str, arr: np.ndarray, axes: tuple[str, ...], static: dict[str, int],
-                 dims: dict[str, tuple[int, str]]) -> None:
-    if arr.ndim != len(axes):
-        raise DataError(f"{where}: tensor '{name}' has shape {list(arr.shape)}, expected rank {len(axes)} "
-                        f"[{', '.join(axes)}]")
-    for axis, size in zip(axes, arr.shape, strict=True):
-        if axis in static and size != static[axis]:
-            raise DataError(f"{where}: tensor '{name}' has {axis}={size}, the model expects {static[axis]}")
-        if axis in dims and dims[axis][0] != size:
-            raise DataError(f"{where}: tensor '{name}' has {axis}={size} but '{dims[axis][1]}' has "
-                            f"{dims[axis][0]}; all tensors of a file must agree")
-        dims.setdefault(axis, (size, name))
-
-
-def _check_ids(where: str, name: str, arr: np.ndarray, vocab: int, field: str) -> None:
-    bad = (arr < 0) | (arr >= vocab)
-    if bad.any():
-        idx = [int(i) for i in np.argwhere(bad)[0]]
-        raise DataError(f"{where}: tensor '{name}' row {idx[0]}: id {int(arr[tuple(idx)])} at position {idx[1:]} "
-                        f"is outside [0, {vocab}) ({field}); map unknown ids to a valid bucket upstream")
-
-
-def _check_finite(where: str, name: str, arr: np.ndarray) -> None:
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        idx = [int(i) for i in np.argwhere(bad)[0]]
-        raise DataError(f"{where}: tensor '{name}' row {idx[0]}: {arr[tuple(idx)]} at position {idx[1:]}; "
-                        "values must be finite")
+def _message(v: ContractViolation) -> str:
+    """A contract violation in the words of a request file: tensors, and rows of requests."""
+    k, t = v.kind, v.tensor
+    if k is Violation.MISSING:
+        return f"missing tensor '{t}' (a request file holds {', '.join(spec.INPUT_NAMES)} and optionally '{LABELS}')"
+    if k is Violation.UNKNOWN:
+        return f"unknown tensor '{t}' (known: {', '.join(KNOWN)})"
+    if k is Violation.NOT_ARRAY:
+        return f"tensor '{t}' is a {v.found}, not a numpy array"
+    if k is Violation.DTYPE:
+        fix = "0/1 per task" if t == LABELS else f"store it with .astype(np.{v.expected})"
+        return f"tensor '{t}' has dtype {v.found}, expected {v.expected} ({fix})"
+    if k is Violation.RANK:
+        return f"tensor '{t}' has shape {list(v.shape)}, expected rank {len(v.expected)} [{', '.join(v.expected)}]"
+    if k is Violation.STATIC_AXIS:
+        return f"tensor '{t}' has {v.axis}={v.size}, the model expects {v.expected}"
+    if k is Violation.DISAGREE:
+        return (f"tensor '{t}' has {v.axis}={v.size} but '{v.other_tensor}' has {v.expected}; "
+                "all tensors of a file must agree")
+    if k is Violation.RANGE:
+        if v.axis == spec.BATCH:  # files have no batch limit: the only way out of range is no rows
+            return f"holds no requests (tensor '{t}' has {v.size} rows)"
+        lo, hi = v.expected
+        return f"tensor '{t}' has {v.axis}={v.size}, outside the model's range [{lo}, {hi}]"
+    if k is Violation.VOCAB:
+        return (f"tensor '{t}' row {v.row}: id {v.value} at position {v.position} is outside [0, {v.expected}) "
+                f"({v.vocab_field}); map unknown ids to a valid bucket upstream")
+    return f"tensor '{t}' row {v.row}: {v.value} at position {v.position}; values must be finite"
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -143,7 +117,9 @@ def _read_parquet(path: Path, cfg: OneRankConfig) -> dict[str, np.ndarray]:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    _check_names(dict.fromkeys(table.column_names), str(path))
+    problem = spec.check_names(table.column_names, extra=(LABELS_SPEC,))
+    if problem is not None:
+        raise DataError(f"{path}: {_message(problem)}")
     b = table.num_rows
     if b == 0:
         raise DataError(f"{path}: holds no requests (0 rows)")

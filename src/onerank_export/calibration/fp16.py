@@ -33,6 +33,7 @@ from onerank_export.calibration.graph import FLOAT, FLOAT16, finalize_precision_
 from onerank_export.calibration.selection import NodeChoice, fp16_plan
 from onerank_export.export.custom_op import MATCHING_SCORE
 from onerank_export.export.serving_graph import MASK_FLOOR
+from onerank_export.precision import Precision
 
 FP16_MAX = float(np.finfo(np.float16).max)
 FP16_TINY = 2.0**-24  # smallest fp16 subnormal: smaller magnitudes flush to 0
@@ -117,7 +118,7 @@ def convert_fp16(fp32: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]]
     plan = fp16_plan(fp32, types, range_blocked_nodes(fp32, ranges, data_max), keep_float, force_low)
     proto, casts = _rewrite(fp32, {c.name for c in plan if c.low_precision}, types)
     meta = {"onerank.fp16.fp32_nodes": str(sum(not c.low_precision for c in plan)), **(extra_metadata or {})}
-    proto = finalize_precision_model(proto, fp32, "fp16", meta)
+    proto = finalize_precision_model(proto, fp32, Precision.FP16, meta)
     return Fp16Model(proto, plan, ranges, casts)
 
 

@@ -1,12 +1,9 @@
 """Small ONNX graph helpers shared by the INT8 and FP16 paths: types, producers, consumers,
-metadata, validation and atomic saving."""
+metadata and validation."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import defaultdict
-from pathlib import Path
 
 import onnx
 from onnx import TensorProto
@@ -14,7 +11,8 @@ from onnx import TensorProto
 from onerank_export import __version__
 from onerank_export.errors import StageError
 from onerank_export.export.custom_op import MATCHING_SCORE
-from onerank_export.export.metadata import model_metadata, set_model_metadata
+from onerank_export.export.metadata import PRECISION_KEY, model_metadata, set_model_metadata
+from onerank_export.precision import Precision
 
 # Ops that move or reshape data without computing on it: a quantized or fp16 value passes through.
 SHAPE_OPS = frozenset({"Reshape", "Slice", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Flatten", "Expand"})
@@ -64,11 +62,12 @@ def source_of(graph: onnx.GraphProto, tensor: str) -> onnx.NodeProto | None:
     return node
 
 
-def finalize_precision_model(model: onnx.ModelProto, fp32: onnx.ModelProto, precision: str,
+def finalize_precision_model(model: onnx.ModelProto, fp32: onnx.ModelProto, precision: Precision,
                              extra_metadata: dict[str, str]) -> onnx.ModelProto:
     """Carry the fp32 model's metadata, check the custom op survived untouched, validate."""
+    precision = Precision(precision)
     props = {k: v for k, v in model_metadata(fp32).items() if k.startswith("onerank.")}
-    set_model_metadata(model, {**props, "onerank.precision": precision, **extra_metadata})
+    set_model_metadata(model, {**props, PRECISION_KEY: precision.value, **extra_metadata})
     model.producer_name, model.producer_version = "onerank-export", __version__
     model.doc_string = f"{fp32.doc_string} ({precision})".strip()
     check_custom_op_intact(model, fp32)
@@ -101,17 +100,3 @@ def validate(model: onnx.ModelProto, what: str) -> None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise StageError(f"{what} model failed onnx.checker: {str(exc).splitlines()[0]}") from None
 
-
-def save_atomic(model: onnx.ModelProto, path: Path) -> Path:
-    """Write to a temporary sibling and rename: `path` is either complete or untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

@@ -30,6 +30,7 @@ from onerank_export.calibration.histogram import entropy_threshold
 from onerank_export.calibration.selection import INT8_OP_TYPES, NodeChoice, int8_plan
 from onerank_export.errors import ConfigError
 from onerank_export.export.serving_graph import MASK_FLOOR, MASKED_SCORE
+from onerank_export.precision import Precision
 
 # Calibrator options per method. ORT's entropy default (128 bins, 128 levels) has a single
 # candidate threshold - the full range - so it equals min-max; TensorRT uses 2048 / 128.
@@ -102,7 +103,7 @@ def quantize_int8(fp32_path: Path, calibration_batches: Sequence[dict[str, np.nd
     meta = {"onerank.calibration.method": method, "onerank.calibration.quantized_nodes": str(len(chosen)),
             **(extra_metadata or {})}
     # Whether ORT really quantized every planned node is a structure check (checks.py), reported.
-    return Int8Model(finalize_precision_model(proto, fp32, "int8", meta), plan, seconds)
+    return Int8Model(finalize_precision_model(proto, fp32, Precision.INT8, meta), plan, seconds)
 
 
 def _restore_float_inputs(model: onnx.ModelProto, fp32: onnx.ModelProto, quantized: set[str]) -> None:

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 from onerank_export import spec
 from onerank_export.calibration.data import RequestSet
 from onerank_export.calibration.graph import initializers
+from onerank_export.calibration.result import Localization, NodeError
 from onerank_export.export.ort_session import cpu_session_options
 from onerank_export.metrics import topk_overlap
 
@@ -63,7 +64,7 @@ def build_probe(int8: onnx.ModelProto, fp32: onnx.ModelProto, nodes: list[str]) 
 
 
 def localize_int8_error(int8: onnx.ModelProto, fp32: onnx.ModelProto, nodes: list[str], requests: RequestSet,
-                        topk: int) -> dict:
+                        topk: int) -> Localization:
     """Per quantized node: score error when only that node is quantized, largest first."""
     import onnxruntime as ort
 
@@ -80,24 +81,24 @@ def localize_int8_error(int8: onnx.ModelProto, fp32: onnx.ModelProto, nodes: lis
     base = run(set())
     everything = run(set(range(len(flags))))
     total = float(np.abs(everything - base)[valid].mean())
-    rows = []
+    measured = []  # (node, mean, max, top-k overlap)
     for i, name in enumerate(nodes):
         scores = run({i})
         err = np.abs(scores - base)[valid]
-        rows.append({"node": name, "mean_abs_error": float(err.mean()), "max_abs_error": float(err.max()),
-                     f"top{topk}_overlap": float(topk_overlap(base, scores, valid, k=topk).mean())})
-    rows.sort(key=lambda r: -r["mean_abs_error"])
-    single_sum = sum(r["mean_abs_error"] for r in rows) or 1.0
-    for r in rows:
-        r["share_of_single_node_errors"] = r["mean_abs_error"] / single_sum
-    return {
-        "method": "quantize one node at a time (all others float), score error vs the float probe",
-        "requests": len(requests),
-        "all_quantized_mean_abs_error": total,
-        "nodes": rows,
-        "probe_fidelity": {"float_vs_fp32_onnx": _max_diff(base, _float_model_scores(fp32, requests)),
-                           "all_quantized_vs_int8_onnx": _max_diff(everything, _float_model_scores(int8, requests))},
-    }
+        measured.append((name, float(err.mean()), float(err.max()),
+                         float(topk_overlap(base, scores, valid, k=topk).mean())))
+    measured.sort(key=lambda r: -r[1])
+    single_sum = sum(r[1] for r in measured) or 1.0
+    return Localization(
+        method="quantize one node at a time (all others float), score error vs the float probe",
+        requests=len(requests),
+        topk=topk,
+        all_quantized_mean_abs_error=total,
+        nodes=tuple(NodeError(name, mean, worst, overlap, mean / single_sum)
+                    for name, mean, worst, overlap in measured),
+        float_vs_fp32_onnx=_max_diff(base, _float_model_scores(fp32, requests)),
+        all_quantized_vs_int8_onnx=_max_diff(everything, _float_model_scores(int8, requests)),
+    )
 
 
 def _float_model_scores(model: onnx.ModelProto, requests: RequestSet) -> np.ndarray:

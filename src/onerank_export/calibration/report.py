@@ -2,37 +2,39 @@
 
 One JSON for every precision calibrated from the same fp32 model (build runs fp16 then int8;
 each run adds its entry); a report from another fp32 model is replaced, not merged. Both files
-are written to a temporary sibling and renamed, so a reader never sees half a report.
+are written atomically (onerank_export.io), so a reader never sees half a report. The plot draws
+the JSON as written, earlier runs' entries included, so it reads plain dicts.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from onerank_export.calibration.result import CalibrationEntry, ReportHeader
+from onerank_export.io import write_bytes, write_json
 
 REPORT_FORMAT = "onerank-calibration/1"
 JSON_NAME, PLOT_NAME = "calibration.json", "calibration.png"
 COLORS = {"fp16": "tab:blue", "int8": "tab:orange"}
 
 
-def write_report(report_dir: Path, header: dict, precision: str, entry: dict) -> tuple[Path, Path]:
+def write_report(report_dir: Path, header: ReportHeader, entry: CalibrationEntry) -> tuple[Path, Path]:
+    """Add `entry` to report_dir/calibration.json (and redraw the plot); (json path, plot path)."""
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / JSON_NAME
-    report = {"format": REPORT_FORMAT, **header, "precisions": {}}
+    report = {"format": REPORT_FORMAT, **header.to_dict(), "precisions": {}}
     if path.is_file():
         try:
             old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             old = {}
-        if old.get("format") == REPORT_FORMAT and old.get("fp32_onnx_sha256") == header.get("fp32_onnx_sha256"):
+        if old.get("format") == REPORT_FORMAT and old.get("fp32_onnx_sha256") == header.fp32_onnx_sha256:
             report["precisions"].update(old.get("precisions", {}))
-    report["precisions"][precision] = entry
+    report["precisions"][entry.precision.value] = entry.to_dict()
     report["passed"] = all(e["passed"] for e in report["precisions"].values())
-    _write_atomic(path, (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
-    plot_path = report_dir / PLOT_NAME
-    _write_atomic(plot_path, plot(report))
+    write_json(path, report, allow_nan=False)
+    plot_path = write_bytes(report_dir / PLOT_NAME, plot(report))
     return path, plot_path
 
 
@@ -96,13 +98,3 @@ def _plot_localization(ax, entry: dict | None) -> None:
            title="INT8 error by node (candidates for --keep-float)")
     ax.grid(True, axis="x", alpha=0.3)
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -10,8 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from onerank_export.errors import ConfigError
+from onerank_export.precision import REDUCED, Precision
 
-PRECISIONS = ("fp16", "int8")
 METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -44,7 +44,7 @@ class AccuracyGates:
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    precision: str
+    precision: Precision  # one of precision.REDUCED; the text ("int8") is accepted and converted
     method: str = "minmax"  # INT8 activation calibration; ignored for fp16
     num_requests: int = 256  # calibration requests
     eval_requests: int = 1000  # held-out requests for the accuracy report (disjoint from calibration)
@@ -57,8 +57,9 @@ class CalibrationSettings:
     gates: AccuracyGates = field(default_factory=AccuracyGates)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.precision not in {p.value for p in REDUCED}:
+            raise ConfigError(f"precision {str(self.precision)!r} is not one of {', '.join(p.value for p in REDUCED)}")
+        object.__setattr__(self, "precision", Precision(self.precision))
         if self.method not in METHODS:
             raise ConfigError(f"calibration method {self.method!r} is not one of {', '.join(METHODS)}")
         for name in ("num_requests", "eval_requests", "localize_requests", "batch_size"):
@@ -69,5 +70,6 @@ class CalibrationSettings:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["precision"] = self.precision.value
         d["keep_float"], d["force_low_precision"] = list(self.keep_float), list(self.force_low_precision)
         return d

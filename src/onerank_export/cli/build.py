@@ -1,4 +1,4 @@
-"""`build`: the whole pipeline in one command."""
+"""`build`: the whole pipeline in one command (the pipeline itself is onerank_export.pipeline)."""
 
 from __future__ import annotations
 
@@ -7,36 +7,64 @@ from pathlib import Path
 
 import click
 
-from onerank_export.cli.common import console, print_stage, resolve_checkpoint
+from onerank_export.cli.common import CHECKPOINT_HELP, console, existing_dir, print_stage, training_progress
+from onerank_export.pipeline.options import CALIBRATION_METHODS, EngineMode
 from onerank_export.pipeline.result import StageResult
+from onerank_export.pipeline.stages.base import Stage
+from onerank_export.precision import REDUCED
+
+NONE = "none"
+existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 class ConsoleUI:
-    def stage_started(self, index: int, total: int, name: str) -> None:
-        console.print(f"[bold][{index}/{total}] {name}[/]")
+    """Stage lines on stdout; the one-time demo training as a progress bar on stderr."""
+
+    def __init__(self) -> None:
+        self._progress = None
+        self._task = None
+
+    def stage_started(self, index: int, total: int, stage: Stage) -> None:
+        self._stop_training()
+        console.print(f"[bold][{index}/{total}] {stage.label}[/]")
 
     def stage_finished(self, result: StageResult) -> None:
         print_stage(result)
 
+    def note(self, message: str) -> None:
+        console.print(message)
+
+    def training_step(self, step: int, total: int, loss: float) -> None:
+        if self._progress is None:
+            self._progress = training_progress()
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=total, loss=float("nan"))
+        self._progress.update(self._task, completed=step, total=total, loss=loss)
+
+    def _stop_training(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
 
 @click.command()
-@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Checkpoint directory (config.json + model.safetensors). Default: the bundled demo checkpoint.")
+@click.option("--checkpoint", type=existing_dir, help=CHECKPOINT_HELP)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("build"), show_default=True,
               help="Output directory (replaced atomically; see --force).")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp16", "int8", "none"]),
+@click.option("--precision", "precisions", multiple=True, type=click.Choice([*(p.value for p in REDUCED), NONE]),
               help="Reduced-precision variants to produce (repeatable). Default: fp16 and int8.")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+@click.option("--calibration-method", type=click.Choice(CALIBRATION_METHODS), default="minmax",
               show_default=True, help="INT8 activation calibration.")
-@click.option("--calibration-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--calibration-data", type=existing_file,
               help="Labelled requests (.npz or .parquet, serving-contract names) for INT8/FP16 calibration and "
                    "the accuracy report. Default: the demo generator.")
-@click.option("--engine", type=click.Choice(["auto", "require", "skip"]), default="auto", show_default=True,
+@click.option("--engine", type=click.Choice([m.value for m in EngineMode]), default=EngineMode.AUTO.value,
+              show_default=True,
               help="TensorRT engines: auto builds where CUDA + TensorRT exist, require fails without them.")
-@click.option("--plugin", "plugin_library", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--plugin", "plugin_library", type=existing_file,
               help="Prebuilt libonerank_plugins.so (default: build it with CMake when engines are built).")
 @click.option("--triton/--no-triton", default=True, show_default=True, help="Write the Triton model repository.")
-@click.option("--tolerances", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--tolerances", type=existing_file,
               help='JSON {"fp16": {"atol": 0.005}, ...} overriding per-precision parity tolerances.')
 @click.option("--force", is_flag=True, help="Replace --out even if it is not an earlier build.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration and parity requests.")
@@ -44,31 +72,20 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
           calibration_data: Path | None, engine: str,
           plugin_library: Path | None, triton: bool, tolerances: Path | None, force: bool, seed: int) -> int:
     """Checkpoint -> ONNX (fp32, fp16, int8) -> parity -> TensorRT engines -> Triton repository + manifest."""
-    from onerank_export.parity.verify import load_tolerances
-    from onerank_export.pipeline.runner import PRECISIONS, BuildOptions, check_output_dir
+    from onerank_export.parity.tolerances import load_tolerances
+    from onerank_export.pipeline.options import BuildOptions
     from onerank_export.pipeline.runner import build as run_build
 
     started = time.perf_counter()
-    check_output_dir(out, force)  # before any slow work
-    from onerank_export.pipeline.stages.engine import unavailable_reason_for
-
-    unavailable_reason_for(engine)  # --engine require without CUDA + TensorRT fails here, not after the export
-    chosen = PRECISIONS if not precisions else tuple(p for p in PRECISIONS if p in precisions)
-    if "none" in precisions and len(set(precisions)) > 1:
+    if NONE in precisions and len(set(precisions)) > 1:
         raise click.BadParameter("'none' cannot be combined with other precisions", param_hint="--precision")
-    ckpt, source = resolve_checkpoint(checkpoint)
-    if calibration_data is not None and chosen:  # every data error before the slow stages
-        from onerank_export.calibration.data import prepare_data
-        from onerank_export.calibration.settings import CalibrationSettings
-        from onerank_export.config import OneRankConfig
-
-        prepare_data(OneRankConfig.load(ckpt / "config.json"), CalibrationSettings(chosen[0], seed=seed),
-                     calibration_data, None)
-    options = BuildOptions(checkpoint=ckpt, out=out, checkpoint_source=source, precisions=chosen, engine=engine,
+    chosen = REDUCED if not precisions else tuple(p for p in REDUCED if p.value in precisions)
+    options = BuildOptions(out=out, checkpoint=checkpoint, precisions=chosen, engine=engine,
                            plugin_library=plugin_library, triton=triton, calibration_method=calibration_method,
                            calibration_data=calibration_data, tolerances=load_tolerances(tolerances), force=force,
                            seed=seed)
-    console.print(f"building {out}/ from {source} checkpoint {ckpt}")
+    source = f"checkpoint {checkpoint}" if checkpoint else "the demo checkpoint"
+    console.print(f"building {out}/ from {source}")
     outcome = run_build(options, ConsoleUI())
     verdict = "[green]passed[/]" if outcome.passed else "[bold red]FAILED[/]"
     console.print(f"build {verdict} in {time.perf_counter() - started:.0f} s: {outcome.out}/manifest.json")

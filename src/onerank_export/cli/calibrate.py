@@ -3,18 +3,23 @@ eager on held-out requests; exit 1 after writing the report when a gate fails.""
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from onerank_export.calibration.settings import METHODS, PRECISIONS, AccuracyGates, CalibrationSettings
-from onerank_export.cli.common import console, resolve_checkpoint
+from onerank_export.calibration.settings import METHODS, AccuracyGates, CalibrationSettings
+from onerank_export.cli.common import CHECKPOINT_HELP, console, resolve_checkpoint
 from onerank_export.errors import CheckFailed, ConfigError
+from onerank_export.precision import REDUCED, Precision
 
-CHECKPOINT_HELP = "Checkpoint directory (config.json + model.safetensors). Default: the bundled demo checkpoint."
+if TYPE_CHECKING:
+    from onerank_export.calibration.result import CalibrationEntry
+
 request_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 DEFAULTS = CalibrationSettings("int8")
 GATES = AccuracyGates()
@@ -24,7 +29,8 @@ GATES = AccuracyGates()
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), help=CHECKPOINT_HELP)
 @click.option("--onnx", "onnx_path", type=request_file,
               help="The fp32 ONNX exported from --checkpoint. Default: export it now.")
-@click.option("--precision", type=click.Choice(PRECISIONS), required=True, help="Variant to produce.")
+@click.option("--precision", type=click.Choice([p.value for p in REDUCED]), required=True,
+              help="Variant to produce.")
 @click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True,
               help="INT8 activation calibration (ignored for fp16).")
 @click.option("--data", type=request_file,
@@ -91,37 +97,37 @@ def calibrate(checkpoint: Path | None, onnx_path: Path | None, precision: str, m
             label = f"exported from {ckpt} for this run"
         outcome = run_calibration(onnx_path, model, settings, out=out, report_dir=report, sets=sets, fp32_label=label,
                                   progress=lambda msg: console.print(f"  {msg}", style="dim"))
-    console.print(_table(outcome.entry, precision))
+    console.print(_table(outcome.entry))
     written = f"wrote {out}, " if outcome.passed else ""
     console.print(f"{precision}: {outcome.summary}; {written}report {outcome.report_path} and {outcome.plot_path}",
                   markup=False)
     if not outcome.passed:
-        failed = next(g for g in outcome.entry["gates"] if not g["passed"])
-        raise CheckFailed(f"{precision} calibration failed gate {failed['name']} ({failed['value']} vs limit "
-                          f"{failed['limit']}); {out} not written; see {outcome.report_path}")
+        failed = outcome.entry.failed_gates[0]
+        value = failed.value if failed.value is not None and math.isfinite(failed.value) else None  # as in the JSON
+        raise CheckFailed(f"{precision} calibration failed gate {failed.name} ({value} vs limit "
+                          f"{failed.limit}); {out} not written; see {outcome.report_path}")
     return 0
 
 
 def _check_fp32_input(path: Path, cfg, digest: str) -> None:
-    from onerank_export.parity.verify import check_onnx_matches_checkpoint, detect_precision
+    from onerank_export.export.metadata import check_matches_checkpoint, detect_precision
 
-    check_onnx_matches_checkpoint(path, cfg, digest)
+    check_matches_checkpoint(path, cfg, digest)
     precision = detect_precision(path)
-    if precision != "fp32":
+    if precision is not Precision.FP32:
         raise ConfigError(f"--onnx {path}: is a {precision} model; calibrate from the fp32 export")
 
 
-def _table(entry: dict, precision: str) -> Table:
-    acc = entry["accuracy"]
-    table = Table(title=f"{precision} vs fp32 eager on {entry['data']['evaluation_requests']} held-out requests")
-    for col in ("task", "AUC fp32", "AUC change", "GAUC change", f"top-{acc['topk']} overlap", "max abs err"):
+def _table(entry: CalibrationEntry) -> Table:
+    acc = entry.accuracy
+    table = Table(title=f"{entry.precision} vs fp32 eager on {entry.data.evaluation_requests} held-out requests")
+    for col in ("task", "AUC fp32", "AUC change", "GAUC change", f"top-{acc.topk} overlap", "max abs err"):
         table.add_column(col, justify="left" if col == "task" else "right")
-    for task, m in acc["tasks"].items():
-        table.add_row(task, _fmt(m["auc_fp32"], ".4f"), _fmt(m["auc_change"], "+.5f"), _fmt(m["gauc_change"], "+.5f"),
-                      f"{acc['topk_overlap_per_task'][task]:.4f}",
-                      f"{acc['score_abs_error_max_per_task'][task]:.2e}")
-    gates = ", ".join(f"{g['name']} {'ok' if g['passed'] else 'FAILED'}" for g in entry["gates"])
-    table.caption = escape(f"Spearman mean {_fmt(acc['spearman']['mean'], '.4f')}; gates: {gates}")
+    for task, m in acc.tasks.items():
+        table.add_row(task, _fmt(m.auc_fp32, ".4f"), _fmt(m.auc_change, "+.5f"), _fmt(m.gauc_change, "+.5f"),
+                      f"{acc.topk_overlap.per_task[task]:.4f}", f"{acc.score_error.max_per_task[task]:.2e}")
+    gates = ", ".join(f"{g.name} {'ok' if g.passed else 'FAILED'}" for g in entry.gates)
+    table.caption = escape(f"Spearman mean {_fmt(acc.spearman.mean, '.4f')}; gates: {gates}")
     return table
 
 

@@ -39,14 +39,23 @@ def verify(checkpoint: Path | None, onnx_files: tuple[Path, ...], engines: tuple
            triton_url: str | None, triton_model: str | None, protocol: str, shapes: tuple[str, ...],
            tolerances: Path | None, reports: Path, seed: int) -> int:
     """Compare backends with the eager PyTorch model on seeded requests; exit 1 on any mismatch."""
-    from onerank_export.parity.verify import VerifyTargets, run_verify
-
-    ckpt, _ = resolve_checkpoint(checkpoint)
-    targets = VerifyTargets(onnx=list(onnx_files), engines=list(engines), plugin=plugin, triton_url=triton_url,
-                            triton_model=triton_model, protocol=protocol)
-    report = run_verify(ckpt, targets, [parse_shape(s) for s in shapes], tolerances, reports, seed,
-                        progress=lambda msg: console.print(f"  {msg}", style="dim"))
+    from onerank_export.config import OneRankConfig
+    from onerank_export.model.checkpoint import load_config
+    from onerank_export.parity.cases import shape_case
     from onerank_export.parity.report import parity_table
+    from onerank_export.parity.targets import ParityTargets
+    from onerank_export.parity.verify import run_verify
+
+    extra_shapes = [parse_shape(s) for s in shapes]
+    # A bad --shape fails here, before the demo checkpoint is trained (its config is the default one).
+    cfg = load_config(checkpoint) if checkpoint is not None else OneRankConfig()
+    for shape in extra_shapes:
+        shape_case(cfg, *shape)
+    ckpt, _ = resolve_checkpoint(checkpoint)
+    targets = ParityTargets(onnx=list(onnx_files), plans=list(engines), plugin=plugin, triton_url=triton_url,
+                            triton_model=triton_model, protocol=protocol)
+    report = run_verify(ckpt, targets, extra_shapes, tolerances, reports, seed,
+                        progress=lambda msg: console.print(f"  {msg}", style="dim"))
 
     console.print(parity_table(report))
     counts = report.counts()

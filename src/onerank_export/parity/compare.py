@@ -12,14 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float
-    rtol: float = 0.0
-
-    def __str__(self) -> str:
-        return f"atol={self.atol:g}" + (f" rtol={self.rtol:g}" if self.rtol else "")
+from onerank_export.precision import Tolerance
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
     with SomeRunner(...) as runner:          # activate() / deactivate()
         outputs = runner.infer(feed)         # {input name: np.ndarray} -> {output name: np.ndarray}
 
-Subclasses fill `activate_impl`, `infer_impl` and optionally `deactivate_impl`. A backend that
-cannot run on this machine raises `RunnerUnavailable(reason)` from `activate_impl`; callers
-record that as `skipped: <reason>`, never as passed.
+`infer` returns arrays the caller owns (a parity run keeps them to compare later), never views of
+buffers the next call reuses. Subclasses fill `activate_impl`, `infer_impl` and optionally
+`deactivate_impl`. A backend that cannot run on this machine raises `RunnerUnavailable(reason)`
+from `activate_impl`; callers record that as `skipped: <reason>`, never as passed.
 """
 
 from __future__ import annotations

@@ -1,164 +1,124 @@
-"""Run every runner on every parity case against the reference, plus invariance checks.
+"""The compare half of the parity suite, and the report it makes.
 
-Invariances are properties the served model must keep whatever the backend: permuting
-candidates permutes the scores; appending padded candidates or padding the history changes
-no real score, and padded candidates score exactly 0. A backend can pass elementwise parity
-on the seeded cases and still break these (e.g. a kernel reading past the real candidates).
+`compare_runs` judges kept outputs (`results.RunResults`) against the reference's, per case and
+precision tolerance, plus the invariance checks (`invariance.py`); it never raises on a mismatch
+and never downgrades one. `run_parity` is run + compare in one call.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
+from onerank_export.io import write_json
 from onerank_export.parity.cases import ParityCase
-from onerank_export.parity.compare import OutputComparison, Tolerance, compare_outputs
-from onerank_export.parity.runner import Runner, RunnerUnavailable
+from onerank_export.parity.compare import OutputComparison, compare_outputs
+from onerank_export.parity.invariance import InvarianceResult, check_invariances
+from onerank_export.parity.results import RunResults
+from onerank_export.parity.run import ProgressFn, run_runners
+from onerank_export.parity.runner import Runner
+from onerank_export.precision import DEFAULT_TOLERANCES, Precision, Tolerance
+from onerank_export.verdict import Outcome, Verdict, counts
 
-DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(atol=1e-5),
-    "fp16": Tolerance(atol=5e-3),
-    "int8": Tolerance(atol=5e-2),
-}
+Tolerances = Mapping[Precision | str, Tolerance]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaseResult:
     runner: str
-    precision: str
+    precision: Precision
     case: str
     shape: dict[str, int]
-    status: str  # passed | failed | skipped
+    verdict: Verdict  # value: the smallest atol that would have passed; limit: the atol; detail: why skipped
     outputs: list[OutputComparison] = field(default_factory=list)
-    reason: str = ""
 
-    def to_dict(self) -> dict:
-        return {"runner": self.runner, "precision": self.precision, "case": self.case, "shape": self.shape,
-                "status": self.status, "reason": self.reason, "outputs": [o.to_dict() for o in self.outputs]}
+    @property
+    def status(self) -> Outcome:
+        return self.verdict.outcome
 
+    @property
+    def reason(self) -> str:
+        return self.verdict.detail
 
-@dataclass
-class InvarianceResult:
-    runner: str
-    check: str
-    status: str
-    max_abs: float
-    atol: float
-    reason: str = ""
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
+    def to_dict(self) -> dict[str, Any]:
+        return {"runner": self.runner, "precision": Precision(self.precision).value, "case": self.case,
+                "shape": self.shape, "status": self.status.value, "reason": self.reason,
+                "outputs": [o.to_dict() for o in self.outputs]}
 
 
 @dataclass
 class ParityReport:
     reference: str
-    tolerances: dict[str, Tolerance]
+    tolerances: dict[Precision, Tolerance]
     cases: list[CaseResult] = field(default_factory=list)
     invariances: list[InvarianceResult] = field(default_factory=list)
+    run_results: RunResults | None = None  # the outputs judged here, to recompare (never serialised)
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        return [r.verdict for r in [*self.cases, *self.invariances]]
 
     @property
     def failures(self) -> list[CaseResult | InvarianceResult]:
-        return [r for r in [*self.cases, *self.invariances] if r.status == "failed"]
+        return [r for r in [*self.cases, *self.invariances] if r.status is Outcome.FAILED]
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
     def counts(self) -> dict[str, int]:
-        rows = [*self.cases, *self.invariances]
-        return {s: sum(r.status == s for r in rows) for s in ("passed", "failed", "skipped")}
+        return counts(self.verdicts)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "reference": self.reference,
             "passed": self.passed,
             "counts": self.counts(),
-            "tolerances": {p: {"atol": t.atol, "rtol": t.rtol} for p, t in self.tolerances.items()},
+            "tolerances": {Precision(p).value: {"atol": t.atol, "rtol": t.rtol} for p, t in self.tolerances.items()},
             "cases": [c.to_dict() for c in self.cases],
             "invariances": [i.to_dict() for i in self.invariances],
         }
 
     def write_json(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
-        return path
+        return write_json(path, self.to_dict(), allow_nan=True)
 
 
-ProgressFn = Callable[[str], None]
+def merged_tolerances(tolerances: Tolerances | None = None) -> dict[Precision, Tolerance]:
+    """The defaults, overridden per precision by `tolerances`."""
+    return {**DEFAULT_TOLERANCES, **{Precision(p): t for p, t in (tolerances or {}).items()}}
 
 
-def run_parity(reference: Runner, targets: Sequence[tuple[Runner, str]], cases: Sequence[ParityCase],
-               tolerances: dict[str, Tolerance] | None = None, *, invariance_case: ParityCase | None = None,
-               progress: ProgressFn | None = None) -> ParityReport:
-    """Compare each (runner, precision) with `reference` on every case; never raises on a mismatch."""
-    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    report = ParityReport(reference.name, tolerances)
-    note = progress or (lambda _msg: None)
-    with reference:
-        expected = {c.name: reference.infer(c.feed) for c in cases}
-        if invariance_case is not None:
-            report.invariances += check_invariances(reference, invariance_case, tolerances["fp32"])
-    for runner, precision in targets:
-        tol = tolerances[precision]
-        try:
-            runner.activate()
-        except RunnerUnavailable as exc:
-            for c in cases:
-                report.cases.append(CaseResult(runner.name, precision, c.name, c.shape, "skipped", reason=str(exc)))
-            note(f"{runner.name}: skipped: {exc}")
-            continue
-        try:
-            for c in cases:
-                note(f"{runner.name} [{precision}] {c.name}")
-                comparisons = compare_outputs(expected[c.name], runner.infer(c.feed), tol)
-                status = "passed" if all(o.passed for o in comparisons) else "failed"
-                report.cases.append(CaseResult(runner.name, precision, c.name, c.shape, status, comparisons))
-            if invariance_case is not None:
-                report.invariances += check_invariances(runner, invariance_case, tol)
-        finally:
-            runner.deactivate()
+def compare_runs(results: RunResults, tolerances: Tolerances | None = None) -> ParityReport:
+    """Judge every target's outputs against the reference's; no runner is needed."""
+    tols = merged_tolerances(tolerances)
+    report = ParityReport(results.reference.name, tols, run_results=results)
+    ref = results.reference
+    if results.invariance is not None:
+        report.invariances += check_invariances(ref.name, ref.invariance, results.invariance, tols[Precision.FP32])
+    for run in results.targets:
+        tol = tols[run.precision]
+        for case, shape in results.cases.items():
+            name = f"{run.precision}:{case}"
+            if run.skip_reason is not None:
+                report.cases.append(CaseResult(run.name, run.precision, case, shape,
+                                               Verdict.skipped(name, run.skip_reason)))
+                continue
+            comparisons = compare_outputs(ref.cases[case], run.cases[case], tol)
+            needed = max((o.required_atol for o in comparisons), default=0.0)
+            verdict = Verdict.check(name, all(o.passed for o in comparisons), value=needed, limit=tol.atol)
+            report.cases.append(CaseResult(run.name, run.precision, case, shape, verdict, comparisons))
+        if results.invariance is not None and run.skip_reason is None:
+            report.invariances += check_invariances(run.name, run.invariance, results.invariance, tol)
     return report
 
 
-def check_invariances(runner: Runner, case: ParityCase, tol: Tolerance) -> list[InvarianceResult]:
-    feed = case.feed
-    base = runner.infer(feed)["scores"]
-    results = []
+def run_parity(reference: Runner, targets: Sequence[tuple[Runner, Precision | str]], cases: Sequence[ParityCase],
+               tolerances: Tolerances | None = None, *, invariance_case: ParityCase | None = None,
+               progress: ProgressFn | None = None) -> ParityReport:
+    """Compare each (runner, precision) with `reference` on every case; never raises on a mismatch.
 
-    rng = np.random.default_rng(7)
-    perm = rng.permutation(feed["cand_item_ids"].shape[1])
-    permuted = {k: (v[:, perm] if k.startswith("cand_") else v) for k, v in feed.items()}
-    results.append(_invariance(runner, "candidate-permutation", base[:, perm],
-                               runner.infer(permuted)["scores"], tol))
-
-    extra = 5
-    padded = dict(feed)
-    padded["cand_item_ids"] = np.pad(feed["cand_item_ids"], ((0, 0), (0, extra)))
-    padded["cand_features"] = np.pad(feed["cand_features"], ((0, 0), (0, extra), (0, 0)))
-    out = runner.infer(padded)["scores"]
-    results.append(_invariance(runner, "candidate-padding", base, out[:, :-extra], tol,
-                               extra_error=float(np.abs(out[:, -extra:]).max())))
-
-    hist = dict(feed)
-    for name in ("hist_item_ids", "hist_action_ids"):
-        hist[name] = np.pad(feed[name], ((0, 0), (7, 0)))
-    out = runner.infer(hist)["scores"]
-    results.append(_invariance(runner, "history-padding", base, out, tol))
-    return results
-
-
-def _invariance(runner: Runner, check: str, expected: np.ndarray, got: np.ndarray, tol: Tolerance,
-                extra_error: float = 0.0) -> InvarianceResult:
-    err = float(np.abs(expected.astype(np.float64) - got).max(initial=0.0))
-    if not np.isfinite(got).all():
-        return InvarianceResult(runner.name, check, "failed", float("inf"), tol.atol, "non-finite scores")
-    if extra_error > 0.0:
-        return InvarianceResult(runner.name, check, "failed", err, tol.atol,
-                                f"padded candidates scored {extra_error:.3g}, expected exactly 0")
-    status = "passed" if err <= tol.atol else "failed"
-    return InvarianceResult(runner.name, check, status, err, tol.atol)
+    The report keeps the raw outputs (`report.run_results`) for `compare_runs` with other tolerances."""
+    results = run_runners(reference, targets, cases, invariance_case=invariance_case, progress=progress)
+    return compare_runs(results, tolerances)

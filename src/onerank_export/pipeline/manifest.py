@@ -7,28 +7,19 @@ Every artifact is listed with its sha256 and size; a stage that did not run is l
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata
-import json
 import platform
 from pathlib import Path
 from typing import Any
 
 from onerank_export import __version__
 from onerank_export.config import OneRankConfig
+from onerank_export.io import sha256_file, write_json
 from onerank_export.pipeline.result import StageResult, Status
 
 MANIFEST_FORMAT = "onerank-manifest/1"
 _LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "safetensors", "tritonclient",
               "nvidia-pytriton", "triton", "tensorrt", "protobuf")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def library_versions() -> dict[str, str | None]:
@@ -73,5 +64,4 @@ def build_manifest(out_dir: Path, config: OneRankConfig, checkpoint: dict[str, A
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
-    return path
+    return write_json(path, manifest)

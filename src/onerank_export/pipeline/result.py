@@ -1,7 +1,7 @@
 """What every pipeline stage returns, so `build` can print it and the manifest can record it.
 
-A stage is a plain function with typed inputs that returns a `StageResult`. Status is one of
-ok / failed / skipped; a skipped stage always carries its reason and is never counted as ok.
+Status is one of ok / failed / skipped; a skipped stage always carries its reason and is never
+counted as ok. Only stages make StageResults: library code returns its own domain results.
 """
 
 from __future__ import annotations

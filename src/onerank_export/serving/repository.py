@@ -13,16 +13,18 @@ schema and compared, so what lands on disk is exactly what was validated.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from onerank_export import spec
 from onerank_export.config import OneRankConfig
-from onerank_export.parity.cases import random_request
-from onerank_export.pipeline.manifest import sha256_file
-from onerank_export.pipeline.result import StageResult, Status
+from onerank_export.errors import StageError
+from onerank_export.io import sha256_file, write_text
 from onerank_export.serving import model_config as mcfg
+from onerank_export.spec import random_request
 
 PRODUCTION_DIR = "model_repository"
 CPU_DIR = "model_repository_cpu"
@@ -31,18 +33,29 @@ PLUGIN_PARAMETER = "onerank.plugin_library"  # path of the plugin relative to th
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("python_model.py")
 
 
-def write_model_repository(out_dir: Path, config: OneRankConfig, onnx: dict[str, Path], engines: dict[str, Path],
-                           plugin_library: Path | None) -> StageResult:
-    """The `triton` build stage: both repositories, every config validated; artifacts for the manifest."""
+@dataclass(frozen=True)
+class ModelRepositories:
+    """What `write_model_repository` wrote: model names and every file, by manifest role."""
+
+    models: list[str]  # in the production repository
+    cpu_model: str  # in the CPU repository
+    tensorrt_models: int
+    onnx_models: int
+    artifacts: dict[str, Path]
+
+
+def write_model_repository(out_dir: Path, config: OneRankConfig, onnx: Mapping[str, Path],
+                           engines: Mapping[str, Path], plugin_library: Path | None) -> ModelRepositories:
+    """Both repositories under `out_dir`, every config validated; needs the fp32 ONNX."""
     if "fp32" not in onnx:
-        return StageResult.skipped("triton", "no fp32 ONNX to serve")
+        raise StageError("no fp32 ONNX to serve: the CPU repository runs the fp32 model")
+    if engines and plugin_library is None:
+        raise StageError(f"engine {next(iter(engines.values())).name} needs the plugin library, none was built")
     artifacts: dict[str, Path] = {}
     prod = out_dir / PRODUCTION_DIR
     warm = warmup_request(config)
     models = []
     for precision, plan in sorted(engines.items()):
-        if plugin_library is None:
-            return StageResult("triton", Status.FAILED, f"engine {plan.name} needs the plugin library, none was built")
         name = f"onerank_trt_{precision}"
         cfg = mcfg.tensorrt_config(name, config, precision, write_warmup(prod / name, warm))
         cfg.parameters[PLUGIN_PARAMETER].string_value = str(plugin_library.relative_to(out_dir))
@@ -55,16 +68,12 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, onnx: dict[str,
         artifacts |= _write_model(prod / name, cfg, {"model.onnx": path})
         models.append(name)
     plugin = str(plugin_library.relative_to(out_dir)) if plugin_library is not None and engines else None
-    (prod / "README.md").write_text(launch_notes(plugin))
+    write_text(prod / "README.md", launch_notes(plugin))
 
     cpu_cfg = mcfg.python_onnx_config(CPU_MODEL, config, write_warmup(out_dir / CPU_DIR / CPU_MODEL, warm))
     artifacts |= _write_model(out_dir / CPU_DIR / CPU_MODEL, cpu_cfg,
                               {"model.onnx": onnx["fp32"], "model.py": PYTHON_MODEL_SOURCE})
-    engines_note = f"{len(engines)} TensorRT" if engines else "no TensorRT (no engines built)"
-    return StageResult("triton", Status.OK,
-                       f"{PRODUCTION_DIR}/ {len(models)} models ({engines_note}, {len(onnx)} ONNX Runtime); "
-                       f"{CPU_DIR}/{CPU_MODEL} python backend; every config.pbtxt parsed with Triton's ModelConfig",
-                       artifacts, {"models": models, "cpu_model": CPU_MODEL})
+    return ModelRepositories(models, CPU_MODEL, len(engines), len(onnx), artifacts)
 
 
 def warmup_request(config: OneRankConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -90,8 +99,7 @@ def _write_model(model_dir: Path, cfg, files: dict[str, Path]) -> dict[str, Path
         shutil.copyfile(source, version / target)
         out[f"triton_{cfg.name}_{Path(target).stem}"] = version / target
     text = mcfg.to_text(cfg)
-    path = model_dir / "config.pbtxt"
-    path.write_text(text)
+    path = write_text(model_dir / "config.pbtxt", text)
     if mcfg.read_config(path) != cfg:  # the schema round trip must be lossless
         raise AssertionError(f"{path}: config changed on re-parse")
     for name in cfg.model_warmup[0].inputs if cfg.model_warmup else ():

@@ -27,9 +27,11 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+from onerank_export.engine.kernel.header import render_kernel_header
+from onerank_export.engine.kernel.image import KernelImage, KernelParam, ResourceUsage
 from onerank_export.engine.kernel.matching_score import LAUNCH_CONFIGS, LaunchConfig, jit_kernel
 from onerank_export.errors import StageError
 
@@ -41,47 +43,6 @@ EM_CUDA = 190  # ELF e_machine of NVIDIA cubins
 SCRATCH_PARAMS = ("global_scratch", "profile_scratch")
 KERNELS_JSON = "kernels.json"
 HEADER_NAME = "matchingScoreKernels.h"
-
-
-@dataclass(frozen=True)
-class KernelParam:
-    name: str
-    ptx_type: str  # u64 (pointer), u32, f32
-    role: str  # "kernel" | "scratch"
-
-
-@dataclass(frozen=True)
-class ResourceUsage:
-    registers: int
-    stack_bytes: int
-    static_shared_bytes: int
-    local_bytes: int  # per thread; register spills land here
-    constant_bytes: int
-
-
-@dataclass(frozen=True)
-class KernelImage:
-    arch: int
-    dtype: str
-    config: LaunchConfig
-    elf_sm: str  # from the cubin's ELF header, e.g. "80", "90a"
-    cubin: bytes
-    ptx: str
-    entry: str
-    launch_shared_bytes: int  # dynamic shared memory to request at launch (Triton's metadata.shared)
-    params: tuple[KernelParam, ...]
-    resources: ResourceUsage
-    ptx_isa: str
-    ptxas_version: str
-
-    @property
-    def stem(self) -> str:
-        return f"matching_score.sm{self.arch}.{self.dtype}.{self.config.name}"
-
-    @property
-    def arch_specific(self) -> bool:
-        """sm_90a cubins and PTX run only on exactly compute capability 9.0."""
-        return self.elf_sm.endswith("a")
 
 
 def nvidia_tool(name: str) -> Path:
@@ -237,8 +198,6 @@ def metadata(images: list[KernelImage]) -> dict:
 
 def write_kernels(images: list[KernelImage], out_dir: Path) -> Path:
     """Write cubins, PTX, kernels.json and the C++ header into out_dir; returns the header path."""
-    from onerank_export.engine.kernel.header import render_kernel_header
-
     out_dir.mkdir(parents=True, exist_ok=True)
     for img in images:
         (out_dir / f"{img.stem}.cubin").write_bytes(img.cubin)

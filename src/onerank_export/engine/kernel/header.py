@@ -7,12 +7,8 @@ warps and shared memory all come from here, so the launcher cannot drift from wh
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from onerank_export.engine.kernel.image import KernelImage
 from onerank_export.engine.kernel.matching_score import ALIGNMENT_BYTES, LAUNCH_CONFIGS
-
-if TYPE_CHECKING:
-    from onerank_export.engine.kernel.aot import KernelImage
 
 _DTYPE_ENUM = {"fp32": "ScoreDtype::kFLOAT32", "fp16": "ScoreDtype::kFLOAT16"}
 

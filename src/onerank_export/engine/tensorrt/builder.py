@@ -42,6 +42,7 @@ from onerank_export.engine.tensorrt.plan_metadata import (
 )
 from onerank_export.errors import StageError
 from onerank_export.export.custom_op import MATCHING_SCORE
+from onerank_export.io import write_bytes
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -108,10 +109,7 @@ def build_engine(onnx_path: Path, plan_path: Path, config: OneRankConfig, precis
                          f"{MATCHING_SCORE.op_type} node(s) to the plugin (it expanded the reference function "
                          "instead); check the node's plugin_namespace attribute and the plugin library")
 
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan_path.with_name(plan_path.name + ".tmp")
-    tmp.write_bytes(serialized)
-    os.replace(tmp, plan_path)
+    write_bytes(plan_path, serialized)
     meta = plan_metadata(plan=plan_path, precision=precision, tensorrt_version=version, gpu_name=gpu_name,
                          compute_capability=capability, profile=profile, onnx=onnx_path,
                          plugin_library=plugin_library, build_seconds=seconds,
@@ -209,10 +207,7 @@ def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
     cache = config.get_timing_cache()
     if cache is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(memoryview(cache.serialize()))
-    os.replace(tmp, path)  # concurrent builds: last writer wins, never a torn file
+    write_bytes(path, memoryview(cache.serialize()))  # concurrent builds: last writer wins, never a torn file
 
 
 def _progress_monitor(trt: ModuleType, note: Progress) -> trt.IProgressMonitor:

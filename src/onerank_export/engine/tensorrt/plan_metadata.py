@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ from typing import Any
 from onerank_export import spec
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import StageError
-from onerank_export.pipeline.manifest import sha256_file
+from onerank_export.io import sha256_file, write_json
+from onerank_export.precision import Precision
 
 PLAN_META_FORMAT = "onerank-plan-meta/1"
-PRECISIONS = ("fp32", "fp16", "int8")
 ProfileShapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 _REQUIRED = ("format", "plan", "plan_sha256", "precision", "tensorrt_version", "gpu", "profile", "onnx",
@@ -33,9 +32,11 @@ def optimization_profile(config: OneRankConfig) -> ProfileShapes:
 
 
 def plan_file_name(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise StageError(f"unknown engine precision {precision!r} (known: {', '.join(PRECISIONS)})")
-    return f"onerank.{precision}.plan"
+    try:
+        return f"onerank.{Precision(precision).value}.plan"
+    except ValueError:
+        raise StageError(f"unknown engine precision {precision!r} (known: {', '.join(p.value for p in Precision)})"
+                         ) from None
 
 
 def metadata_path(plan: Path) -> Path:
@@ -51,7 +52,7 @@ def plan_metadata(*, plan: Path, precision: str, tensorrt_version: str, gpu_name
         "plan": plan.name,
         "plan_sha256": sha256_file(plan),
         "plan_bytes": plan.stat().st_size,
-        "precision": precision,
+        "precision": Precision(precision).value,
         "tensorrt_version": tensorrt_version,
         "gpu": {"name": gpu_name, "compute_capability": compute_capability},
         "profile": {name: {"min": list(mn), "opt": list(opt), "max": list(mx)}
@@ -68,10 +69,7 @@ def write_plan_metadata(path: Path, meta: Mapping[str, Any]) -> Path:
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise ValueError(f"plan metadata lacks {missing}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, meta, sort_keys=True)
 
 
 def read_plan_metadata(path: Path) -> dict[str, Any]:

@@ -1,0 +1,29 @@
+"""The stages of `build`, in order. docs/architecture.md has the table of what each requires and provides.
+
+    checkpoint -> export fp32 -> fp16 -> int8 -> parity -> engine -> triton
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from onerank_export.pipeline.options import BuildOptions
+    from onerank_export.pipeline.stages.base import Stage
+
+
+def plan_stages(options: BuildOptions) -> list[Stage]:
+    from onerank_export.pipeline.stages.checkpoint import CheckpointStage
+    from onerank_export.pipeline.stages.engine import EngineStage
+    from onerank_export.pipeline.stages.export import ExportStage
+    from onerank_export.pipeline.stages.parity import ParityStage
+    from onerank_export.pipeline.stages.precision import CalibrationInputs, PrecisionStage
+    from onerank_export.pipeline.stages.triton import TritonStage
+
+    inputs = CalibrationInputs()  # one validated load of the calibration data, shared by both precisions
+    stages: list[Stage] = [CheckpointStage(), ExportStage()]
+    stages += [PrecisionStage(p, inputs) for p in options.precisions]
+    stages += [ParityStage(), EngineStage(options.engine, options.plugin_library)]
+    if options.triton:
+        stages.append(TritonStage())
+    return stages

@@ -1,11 +1,15 @@
-"""The `engine` stage of `build`: the MatchingScore plugin library plus one TensorRT engine per ONNX.
+"""Stage `engine`: the MatchingScore plugin library plus one TensorRT engine per ONNX model.
 
     auto     build where CUDA + TensorRT exist, else `skipped: <reason>` and nothing written
-    require  the same, but a one-line StageError where they are missing
+    require  the same, but preflight stops the build up front where they are missing
+    skip     never build
 
 Artifacts: `plugin_library`, `engine_<precision>` (the plan) and `plan_meta_<precision>` (its
 `.json`). Only files that exist are listed: a plan is written atomically after a successful
 build, and a precision that fails to build contributes nothing but the failure line.
+
+The TensorRT builder, the plugin build and the availability probe are injected (`EngineToolchain`),
+so the stage's bookkeeping is tested with stand-ins on hosts without a GPU.
 """
 
 from __future__ import annotations
@@ -13,98 +17,152 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from onerank_export.config import OneRankConfig
-from onerank_export.engine.plugin.build import STATIC_LIBRARY
-from onerank_export.engine.tensorrt.availability import tensorrt_unavailable_reason
-from onerank_export.engine.tensorrt.plan_metadata import plan_file_name
 from onerank_export.errors import StageError
+from onerank_export.pipeline.options import BuildOptions, EngineMode
 from onerank_export.pipeline.result import StageResult, Status
+from onerank_export.pipeline.stages.base import Stage
+from onerank_export.pipeline.state import ENGINES, ONNX, PLUGIN_LIBRARY, BuildState
+from onerank_export.precision import Precision
 
-STAGE = "engine"
-PLUGIN_FILE = STATIC_LIBRARY  # the self-registering library: what Triton and the runner load
-MODES = ("auto", "require", "skip")
 Progress = Callable[[str], None]
+ENGINES_DIR, PLUGINS_DIR = "engines", "plugins"
 
 
 def _stderr(message: str) -> None:
     print(f"  engine: {message}", file=sys.stderr, flush=True)
 
 
-def unavailable_reason_for(mode: str) -> str | None:
-    """Why engines will not be built in this mode (None: they will). `require` without CUDA +
-    TensorRT is a one-line StageError; `build` calls this before any slow stage, the stage again."""
-    if mode not in MODES:
-        raise StageError(f"--engine {mode!r}: expected one of {', '.join(MODES)}")
-    if mode == "skip":
+def _unavailable_reason() -> str | None:
+    from onerank_export.engine.tensorrt.availability import tensorrt_unavailable_reason
+
+    return tensorrt_unavailable_reason()
+
+
+def _build_engine(*args, **kwargs):
+    from onerank_export.engine.tensorrt.builder import build_engine
+
+    return build_engine(*args, **kwargs)
+
+
+def _build_plugin_library(*args, **kwargs) -> Path:
+    from onerank_export.engine.plugin.build import build_plugin_library
+
+    return build_plugin_library(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class EngineToolchain:
+    """What the stage calls to probe, build the plugin and build engines (real ones by default)."""
+
+    unavailable_reason: Callable[[], str | None] = _unavailable_reason
+    build_engine: Callable = _build_engine  # (onnx, plan, config, precision, *, plugin_library, progress)
+    build_plugin_library: Callable[..., Path] = _build_plugin_library  # (out_dir, *, progress) -> .so
+
+
+def unavailable_reason_for(mode: EngineMode | str, toolchain: EngineToolchain = EngineToolchain()) -> str | None:
+    """Why engines will not be built in this mode (None: they will); `require` where they cannot be
+    built is a one-line StageError."""
+    try:
+        mode = EngineMode(mode)
+    except ValueError:
+        raise StageError(f"--engine {mode!r}: expected one of {', '.join(m.value for m in EngineMode)}") from None
+    if mode is EngineMode.SKIP:
         return "--engine skip"
-    reason = tensorrt_unavailable_reason()
-    if reason and mode == "require":
+    reason = toolchain.unavailable_reason()
+    if reason and mode is EngineMode.REQUIRE:
         raise StageError(f"--engine require: cannot build TensorRT engines here ({reason}); "
                          "run on a GPU host with TensorRT, or use --engine auto")
     return reason
 
 
-def run_engine_stage(onnx: dict[str, Path], out_dir: Path, config: OneRankConfig, mode: str,
-                     plugin_library: Path | None = None, *, progress: Progress = _stderr) -> StageResult:
-    reason = unavailable_reason_for(mode)
-    if reason:
-        return StageResult.skipped(STAGE, reason)
-    if not onnx:
-        return StageResult(STAGE, Status.FAILED, "no ONNX model to build an engine from")
+class EngineStage(Stage):
+    name = "engine"
+    requires = (ONNX,)
+    provides = (ENGINES, PLUGIN_LIBRARY)
 
-    try:
-        plugin = _plugin_into(out_dir / "plugins", plugin_library, progress)
-    except StageError as exc:
-        return StageResult(STAGE, Status.FAILED, f"plugin library: {exc}")
-    return _build_engines(onnx, out_dir / "engines", config, plugin, progress)
+    def __init__(self, mode: EngineMode | str = EngineMode.AUTO, plugin_library: Path | None = None, *,
+                 toolchain: EngineToolchain | None = None, progress: Progress = _stderr) -> None:
+        self.mode = EngineMode(mode)
+        self.given_plugin = plugin_library
+        self.toolchain = toolchain or EngineToolchain()
+        self.progress = progress
 
+    def preflight(self, options: BuildOptions, config: OneRankConfig) -> None:
+        unavailable_reason_for(self.mode, self.toolchain)
+        if self.given_plugin is not None and not Path(self.given_plugin).is_file():
+            raise StageError(f"--plugin {self.given_plugin}: not a file")
 
-def _plugin_into(plugins_dir: Path, given: Path | None, progress: Progress) -> Path:
-    """The plugin library inside the build: the user's copied in, or built from plugins/."""
-    target = plugins_dir / PLUGIN_FILE
-    if given is not None:
-        if not Path(given).is_file():
-            raise StageError(f"--plugin {given}: not a file")
-        plugins_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(given, target)
-        return target
-    from onerank_export.engine.plugin.build import build_plugin_library
+    def run(self, state: BuildState) -> StageResult:
+        return self.build(dict(state.onnx), state.work, state.config, state)
 
-    built = build_plugin_library(plugins_dir, progress=progress)
-    if built.resolve() != target.resolve():
-        plugins_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(built, target)
-    return target
-
-
-def _build_engines(onnx: dict[str, Path], engines_dir: Path, config: OneRankConfig, plugin: Path,
-                   progress: Progress) -> StageResult:
-    from onerank_export.engine.tensorrt.builder import build_engine
-
-    artifacts: dict[str, Path] = {"plugin_library": plugin}
-    metrics: dict[str, object] = {}
-    failures: list[str] = []
-    built = []
-    for precision, onnx_path in onnx.items():
+    def build(self, onnx: dict[Precision, Path], out_dir: Path, config: OneRankConfig,
+              state: BuildState | None = None) -> StageResult:
+        """The stage on explicit inputs (`state`, when given, receives the plans and the plugin)."""
+        reason = unavailable_reason_for(self.mode, self.toolchain)
+        if reason:
+            return StageResult.skipped(self.name, reason)
+        if not onnx:
+            return StageResult(self.name, Status.FAILED, "no ONNX model to build an engine from")
         try:
-            result = build_engine(onnx_path, engines_dir / plan_file_name(precision), config, precision,
-                                  plugin_library=plugin, progress=lambda m, p=precision: progress(f"{p}: {m}"))
+            plugin = self._plugin_into(out_dir / PLUGINS_DIR)
         except StageError as exc:
-            failures.append(f"{precision}: {exc}")
-            continue
-        artifacts[f"engine_{precision}"] = result.plan
-        artifacts[f"plan_meta_{precision}"] = result.metadata
-        metrics[precision] = {"build_seconds": round(result.seconds, 3), "bytes": result.plan.stat().st_size,
-                              "plugin_layers": result.plugin_layers, "timing_cache_reused": result.timing_cache_reused}
-        metrics["tensorrt_version"] = result.tensorrt_version
-        metrics["compute_capability"] = result.compute_capability
-        built.append(precision)
-    if failures:
-        ok = f"; built {', '.join(built)}" if built else ""
-        return StageResult(STAGE, Status.FAILED, f"{len(failures)} of {len(onnx)} engine(s) failed, first "
-                           f"{failures[0]}{ok}", artifacts, metrics)
-    where = f"TensorRT {metrics['tensorrt_version']}, sm {metrics['compute_capability']}"
-    return StageResult(STAGE, Status.OK, f"{', '.join(built)} engine(s) with the {PLUGIN_FILE} plugin ({where})",
-                       artifacts, metrics)
+            return StageResult(self.name, Status.FAILED, f"plugin library: {exc}")
+        result = self._build_engines(onnx, out_dir / ENGINES_DIR, config, plugin)
+        if state is not None:
+            state.plugin_library = plugin
+            state.engines.update({Precision(role.removeprefix("engine_")): path
+                                  for role, path in result.artifacts.items() if role.startswith("engine_")})
+        return result
+
+    def _plugin_into(self, plugins_dir: Path) -> Path:
+        """The plugin library inside the build: the user's copied in, or built from plugins/."""
+        from onerank_export.engine.plugin.build import STATIC_LIBRARY
+
+        target = plugins_dir / STATIC_LIBRARY
+        plugins_dir.mkdir(parents=True, exist_ok=True)
+        if self.given_plugin is not None:
+            if not Path(self.given_plugin).is_file():
+                raise StageError(f"--plugin {self.given_plugin}: not a file")
+            shutil.copy2(self.given_plugin, target)
+            return target
+        built = self.toolchain.build_plugin_library(plugins_dir, progress=self.progress)
+        if Path(built).resolve() != target.resolve():
+            shutil.copy2(built, target)
+        return target
+
+    def _build_engines(self, onnx: dict[Precision, Path], engines_dir: Path, config: OneRankConfig,
+                       plugin: Path) -> StageResult:
+        from onerank_export.engine.plugin.build import STATIC_LIBRARY
+        from onerank_export.engine.tensorrt.plan_metadata import plan_file_name
+
+        artifacts: dict[str, Path] = {"plugin_library": plugin}
+        metrics: dict[str, object] = {}
+        failures, built = [], []
+        for precision, onnx_path in onnx.items():
+            p = Precision(precision)
+            try:
+                result = self.toolchain.build_engine(onnx_path, engines_dir / plan_file_name(p), config, p,
+                                                     plugin_library=plugin,
+                                                     progress=lambda m, p=p: self.progress(f"{p}: {m}"))
+            except StageError as exc:
+                failures.append(f"{p}: {exc}")
+                continue
+            artifacts[f"engine_{p}"] = result.plan
+            artifacts[f"plan_meta_{p}"] = result.metadata
+            metrics[p.value] = {"build_seconds": round(result.seconds, 3), "bytes": result.plan.stat().st_size,
+                                "plugin_layers": result.plugin_layers,
+                                "timing_cache_reused": result.timing_cache_reused}
+            metrics["tensorrt_version"] = result.tensorrt_version
+            metrics["compute_capability"] = result.compute_capability
+            built.append(p.value)
+        if failures:
+            ok = f"; built {', '.join(built)}" if built else ""
+            return StageResult(self.name, Status.FAILED, f"{len(failures)} of {len(onnx)} engine(s) failed, first "
+                               f"{failures[0]}{ok}", artifacts, metrics)
+        where = f"TensorRT {metrics['tensorrt_version']}, sm {metrics['compute_capability']}"
+        return StageResult(self.name, Status.OK, f"{', '.join(built)} engine(s) with the {STATIC_LIBRARY} plugin "
+                           f"({where})", artifacts, metrics)

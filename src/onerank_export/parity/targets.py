@@ -1,0 +1,130 @@
+"""What a parity run checks, and the one way runners are made for it (`build` and `verify` alike).
+
+Runner names say the backend and precision: `eager-serving`, `onnxruntime-<precision>` (the
+product's CPU rewrite, what the Triton CPU model serves), `onnxruntime-<precision>-canonical`
+(the file as written, what Triton's ONNX Runtime backend loads), `tensorrt-<precision>`, and
+`triton-<protocol>:<model>`. Only when two targets of one backend share a precision does
+`:<file name>` (or the path, if the names agree too) follow, so names stay the same from build to
+verify. A plan's precision is read from the `<plan>.json` its build wrote, never from its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from onerank_export.engine.tensorrt.plan_metadata import metadata_path, read_plan_metadata
+from onerank_export.errors import CheckFailed, ConfigError, StageError
+from onerank_export.export.metadata import detect_precision
+from onerank_export.model.onerank import OneRankModel
+from onerank_export.parity.cases import ParityCase
+from onerank_export.parity.run import ProgressFn
+from onerank_export.parity.runner import Runner, RunnerUnavailable
+from onerank_export.parity.runners import EagerDenseRunner, EagerServingRunner, OnnxRuntimeRunner
+from onerank_export.parity.suite import ParityReport, Tolerances, run_parity
+from onerank_export.precision import Precision
+
+
+@dataclass(frozen=True)
+class ParityTargets:
+    """The artifacts to check. `onnx`: files whose precision is read from each, or {precision: file}
+    when the caller knows it (a build's own exports)."""
+
+    onnx: Sequence[Path] | Mapping[Precision, Path] = ()
+    plans: Sequence[Path] = ()
+    plugin: Path | None = None  # plugin library for the plans (default: beside them in the build layout)
+    triton_url: str | None = None
+    triton_model: str | None = None  # None: the server's default CPU model
+    protocol: str = "http"
+
+    @property
+    def onnx_paths(self) -> list[Path]:
+        return [Path(p) for p in (self.onnx.values() if isinstance(self.onnx, Mapping) else self.onnx)]
+
+    def onnx_files(self) -> list[tuple[Path, Precision]]:
+        if isinstance(self.onnx, Mapping):
+            return [(Path(path), Precision(p)) for p, path in self.onnx.items()]
+        return [(Path(path), detect_precision(path)) for path in self.onnx]
+
+    @property
+    def empty(self) -> bool:
+        return not self.onnx and not self.plans and not self.triton_url
+
+
+def plan_precision(plan: Path) -> Precision:
+    """The precision recorded in the plan's metadata; a one-line ConfigError when it cannot be read."""
+    meta_file = metadata_path(Path(plan))
+    try:
+        meta = read_plan_metadata(meta_file)
+    except StageError as exc:
+        why = str(exc).removeprefix(f"{meta_file}: ")
+        raise ConfigError(f"{plan}: its precision is read from {meta_file.name} beside it, which is unusable "
+                          f"({why}); keep the .json that `onerank-export build` wrote next to the plan, or "
+                          "rebuild the engine") from None
+    return Precision.parse(str(meta["precision"]), what=f"{meta_file}: precision")
+
+
+def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Runner, Precision]]:
+    """Eager serving graph, then each ONNX model (CPU rewrite, then canonical), plans, Triton.
+
+    Reads every precision before any runner starts, so a bad target fails before slow work. A
+    Triton server is contacted here: an unreachable server is a failed check, not a skipped one."""
+    onnx = targets.onnx_files()
+    plans = [(Path(plan), plan_precision(plan)) for plan in targets.plans]
+    runners: list[tuple[Runner, Precision]] = [(EagerServingRunner(model), Precision.FP32)]
+    ort_names = _names("onnxruntime", onnx)
+    runners += [(OnnxRuntimeRunner(path, name=_named(n, "")), p) for (path, p), n in zip(onnx, ort_names, strict=True)]
+    runners += [(OnnxRuntimeRunner(path, name=_named(n, "-canonical"), cpu_rewrite=False), p)
+                for (path, p), n in zip(onnx, ort_names, strict=True)]
+    if plans:
+        from onerank_export.parity.tensorrt_runner import TensorRTRunner
+
+        runners += [(TensorRTRunner(plan, plugin_library=targets.plugin, name=_named(n, "")), p)
+                    for (plan, p), n in zip(plans, _names("tensorrt", plans), strict=True)]
+    if targets.triton_url:
+        runners.append((_triton_runner(targets), Precision.FP32))
+    return runners
+
+
+def run_parity_suite(model: OneRankModel, runners: Sequence[tuple[Runner, Precision | str]],
+                     cases: Sequence[ParityCase], tolerances: Tolerances | None = None, *,
+                     invariance_case: ParityCase | None = None, progress: ProgressFn | None = None) -> ParityReport:
+    """Every runner against the eager dense model (the reference); `report.run_results` keeps the outputs."""
+    return run_parity(EagerDenseRunner(model), runners, cases, tolerances, invariance_case=invariance_case,
+                      progress=progress)
+
+
+def _names(backend: str, items: list[tuple[Path, Precision]]) -> list[tuple[str, str]]:
+    """(`<backend>-<precision>`, qualifier) per item; the qualifier is empty unless a name is shared."""
+    out = []
+    for path, precision in items:
+        same = [other for other, p in items if p == precision]
+        if len(same) == 1:
+            qualifier = ""
+        elif sum(other.name == path.name for other in same) == 1:
+            qualifier = f":{path.name}"
+        else:
+            qualifier = f":{path}"
+        out.append((f"{backend}-{precision.value}", qualifier))
+    return out
+
+
+def _named(name: tuple[str, str], variant: str) -> str:
+    base, qualifier = name
+    return f"{base}{variant}{qualifier}"
+
+
+def _triton_runner(targets: ParityTargets) -> Runner:
+    from onerank_export.parity.triton_runner import TritonRunner
+
+    kwargs = {"protocol": targets.protocol}
+    if targets.triton_model:
+        kwargs["model_name"] = targets.triton_model
+    runner = TritonRunner(targets.triton_url, **kwargs)
+    try:  # an unreachable server is a failed verification, not a skipped one
+        runner.activate()
+    except RunnerUnavailable as exc:
+        raise CheckFailed(f"Triton server at {targets.triton_url}: {exc}; start one with "
+                          "`onerank-export serve --repository DIR`") from None
+    return runner

@@ -1,0 +1,58 @@
+"""What a build is asked to do: the options of `onerank-export build`, typed."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onerank_export.precision import REDUCED, Precision, Tolerance
+
+
+class EngineMode(str, enum.Enum):
+    """TensorRT engines: AUTO builds where CUDA + TensorRT exist (else the stage is skipped with the
+    reason), REQUIRE fails the build up front where they are missing, SKIP never builds."""
+
+    AUTO = "auto"
+    REQUIRE = "require"
+    SKIP = "skip"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    out: Path
+    checkpoint: Path | None = None  # None: the bundled demo checkpoint (trained and cached on first use)
+    precisions: tuple[Precision, ...] = REDUCED
+    engine: EngineMode = EngineMode.AUTO
+    plugin_library: Path | None = None  # a prebuilt libonerank_plugins.so; None: build it with CMake
+    triton: bool = True
+    calibration_method: str = "minmax"
+    calibration_data: Path | None = None  # .npz / .parquet requests; None: the demo generator
+    tolerances: dict[Precision, Tolerance] = field(default_factory=dict)
+    force: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Accept the option strings too ("fp16", "auto"): Python callers need not import the enums.
+        object.__setattr__(self, "precisions", tuple(Precision(p) for p in self.precisions))
+        object.__setattr__(self, "engine", EngineMode(self.engine))
+        object.__setattr__(self, "tolerances", {Precision(p): t for p, t in self.tolerances.items()})
+
+    @property
+    def checkpoint_source(self) -> str:
+        return "demo" if self.checkpoint is None else "user"
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's `options` record."""
+        return {"precisions": [p.value for p in self.precisions], "engine": self.engine.value,
+                "triton": self.triton, "calibration_method": self.calibration_method, "seed": self.seed,
+                "calibration_data": str(self.calibration_data) if self.calibration_data else None,
+                "plugin_library": str(self.plugin_library) if self.plugin_library else None,
+                "tolerances": {p.value: {"atol": t.atol, "rtol": t.rtol} for p, t in self.tolerances.items()}}

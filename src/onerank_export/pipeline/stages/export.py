@@ -1,0 +1,34 @@
+"""Stage `export fp32`: the serving graph to ONNX with the onerank::MatchingScore custom op."""
+
+from __future__ import annotations
+
+from onerank_export.pipeline.result import StageResult, Status
+from onerank_export.pipeline.stages.base import Stage
+from onerank_export.pipeline.state import MODEL, ONNX, BuildState
+from onerank_export.precision import Precision
+
+ONNX_DIR = "onnx"
+
+
+def onnx_file_name(precision: Precision) -> str:
+    return f"onerank.{Precision(precision).value}.onnx"
+
+
+class ExportStage(Stage):
+    name = "export fp32"
+    requires = (MODEL,)
+    provides = (ONNX,)
+    critical = True  # every later stage starts from this model
+
+    def run(self, state: BuildState) -> StageResult:
+        from onerank_export.export.onnx_export import export_onnx
+
+        path = state.work / ONNX_DIR / onnx_file_name(Precision.FP32)
+        result = export_onnx(state.model, path, checkpoint_sha256=state.checkpoint_sha256)
+        state.onnx[Precision.FP32] = path
+        return StageResult(self.name, Status.OK,
+                           f"opset {result.opset}, {result.num_nodes} nodes, {result.custom_nodes} "
+                           "onerank::MatchingScore, onnx.checker full pass",
+                           artifacts={"onnx_fp32": path},
+                           metrics={"opset": result.opset, "nodes": result.num_nodes,
+                                    "custom_nodes": result.custom_nodes})
