@@ -2,8 +2,8 @@
 ([tool.importlinter]: layers, engine parts, torch-free), no import cycle between modules, and that
 the Triton python model and the ONNX metadata reader really run without torch.
 
-Each checker also gets a negative control (a copy of the package with one bad import added must
-fail it), so a contract that quietly stopped matching anything cannot pass for a kept one.
+The layer and torch-free contracts and the cycle finder each get a negative control (a planted bad
+import must fail them, named), so a check that quietly stopped matching anything cannot pass.
 """
 
 from __future__ import annotations

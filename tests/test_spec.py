@@ -156,61 +156,71 @@ def test_every_random_request_follows_the_contract(batch, hist_len, num_candidat
 
 # ----- each caller's wording -------------------------------------------------------------------
 
-REQUEST_WORDING = {
-    "missing": "request: missing input 'context_ids' (inputs are hist_item_ids, hist_action_ids, context_ids, "
-               "cand_item_ids, cand_features)",
-    "unknown": "request: unknown input 'extra' (inputs are",
-    "not-array": "request: input 'hist_action_ids' must be a numpy array, got list",
-    "dtype": "request: input 'cand_item_ids' has dtype int32, expected int64 (convert with .astype(np.int64))",
-    "rank": "request: input 'context_ids' has rank 3 (shape [3, 1, 4]), expected rank 2 [batch, num_context_fields]",
-    "static-axis": "request: input 'cand_features' axis num_cand_features is 5, the model expects 8",
-    "disagree-hist": "request: input 'hist_action_ids' has hist_len=8 but another input has hist_len=9; "
-                     "all inputs of a request must agree",
-    "range-candidates": "request: num_candidates=65 is outside the model's range [1, 64] (config max for "
-                        "num_candidates)",
-    "batch-limit": "request: batch=3 is outside the model's range [1, 2]",
-    "vocab": "request: cand_item_ids[1, 4] = 300 is outside [0, 300) (item_vocab_size); map unknown ids to a "
-             "valid bucket upstream",
-    "nan": "request: cand_features[2, 1, 6] is nan; features must be finite",
+NAMES = "hist_item_ids, hist_action_ids, context_ids, cand_item_ids, cand_features"
+# rule: (the request validator's line, the data file reader's line); None where the rule cannot
+# fire for that caller (a file has no batch limit).
+WORDING = {
+    "missing": (f"request: missing input 'context_ids' (inputs are {NAMES})",
+                f"f.npz: missing tensor 'context_ids' (a request file holds {NAMES} and optionally 'labels')"),
+    "unknown": (f"request: unknown input 'extra' (inputs are {NAMES})",
+                f"f.npz: unknown tensor 'extra' (known: {NAMES}, labels)"),
+    "not-array": ("request: input 'hist_action_ids' must be a numpy array, got list",
+                  "f.npz: tensor 'hist_action_ids' is a list, not a numpy array"),
+    "dtype": ("request: input 'cand_item_ids' has dtype int32, expected int64 (convert with .astype(np.int64))",
+              "f.npz: tensor 'cand_item_ids' has dtype int32, expected int64 (store it with .astype(np.int64))"),
+    "rank": ("request: input 'context_ids' has rank 3 (shape [3, 1, 4]), expected rank 2 [batch, num_context_fields]",
+             "f.npz: tensor 'context_ids' has shape [3, 1, 4], expected rank 2 [batch, num_context_fields]"),
+    "static-axis": ("request: input 'cand_features' axis num_cand_features is 5, the model expects 8",
+                    "f.npz: tensor 'cand_features' has num_cand_features=5, the model expects 8"),
+    "disagree-hist": ("request: input 'hist_action_ids' has hist_len=8 but another input has hist_len=9; "
+                      "all inputs of a request must agree",
+                      "f.npz: tensor 'hist_action_ids' has hist_len=8 but 'hist_item_ids' has 9; "
+                      "all tensors of a file must agree"),
+    "disagree-batch": ("request: input 'cand_features' has batch=2 but another input has batch=3; "
+                       "all inputs of a request must agree",
+                       "f.npz: tensor 'cand_features' has batch=2 but 'hist_item_ids' has 3; "
+                       "all tensors of a file must agree"),
+    "range-candidates": ("request: num_candidates=65 is outside the model's range [1, 64] "
+                         "(config max for num_candidates)",
+                         "f.npz: tensor 'cand_item_ids' has num_candidates=65, outside the model's range [1, 64]"),
+    "range-history-empty": ("request: hist_len=0 is outside the model's range [1, 64] (config max for hist_len)",
+                            "f.npz: tensor 'hist_item_ids' has hist_len=0, outside the model's range [1, 64]"),
+    "batch-limit": ("request: batch=3 is outside the model's range [1, 2]", None),
+    "vocab": ("request: cand_item_ids[1, 4] = 300 is outside [0, 300) (item_vocab_size); "
+              "map unknown ids to a valid bucket upstream",
+              "f.npz: tensor 'cand_item_ids' row 1: id 300 at position [4] is outside [0, 300) (item_vocab_size); "
+              "map unknown ids to a valid bucket upstream"),
+    "vocab-negative": ("request: context_ids[2, 3] = -1 is outside [0, 128) (context_vocab_size); "
+                       "map unknown ids to a valid bucket upstream",
+                       "f.npz: tensor 'context_ids' row 2: id -1 at position [3] is outside [0, 128) "
+                       "(context_vocab_size); map unknown ids to a valid bucket upstream"),
+    "nan": ("request: cand_features[2, 1, 6] is nan; features must be finite",
+            "f.npz: tensor 'cand_features' row 2: nan at position [1, 6]; values must be finite"),
 }
 
 
-@pytest.mark.parametrize("rule", REQUEST_WORDING)
-def test_request_wording(rule):
+def test_every_rule_has_both_wordings():
+    assert set(WORDING) == set(RULES) and {v.kind for _, _, v in RULES.values()} == set(Violation)
+
+
+@pytest.mark.parametrize("rule", WORDING)
+def test_request_and_data_file_wording(rule):
     feed, max_batch, _ = RULES[rule]
+    request, data_file = WORDING[rule]
     with pytest.raises(RequestError) as err:
         spec.validate_request(TINY, feed, max_batch=max_batch)
-    assert str(err.value).startswith(REQUEST_WORDING[rule]), str(err.value)
+    assert str(err.value) == request
+    if data_file is None:
+        validate_arrays(feed, TINY, "f.npz")  # files have no batch limit
+    else:
+        with pytest.raises(DataError) as err:
+            validate_arrays(feed, TINY, "f.npz")
+        assert str(err.value) == data_file
 
 
 def test_request_wording_names_where():
     with pytest.raises(RequestError, match=r"^client: batch=3 is outside the model's range \[1, 2\]$"):
         spec.validate_request(TINY, ok(), max_batch=2, where="client")
-
-
-DATA_WORDING = {
-    "missing": "f.npz: missing tensor 'context_ids' (a request file holds hist_item_ids, hist_action_ids, "
-               "context_ids, cand_item_ids, cand_features and optionally 'labels')",
-    "unknown": "f.npz: unknown tensor 'extra' (known: hist_item_ids, hist_action_ids, context_ids, cand_item_ids, "
-               "cand_features, labels)",
-    "dtype": "f.npz: tensor 'cand_item_ids' has dtype int32, expected int64 (store it with .astype(np.int64))",
-    "rank": "f.npz: tensor 'context_ids' has shape [3, 1, 4], expected rank 2 [batch, num_context_fields]",
-    "static-axis": "f.npz: tensor 'cand_features' has num_cand_features=5, the model expects 8",
-    "disagree-batch": "f.npz: tensor 'cand_features' has batch=2 but 'hist_item_ids' has 3; all tensors of a file "
-                      "must agree",
-    "range-history-empty": "f.npz: tensor 'hist_item_ids' has hist_len=0, outside the model's range [1, 64]",
-    "vocab": "f.npz: tensor 'cand_item_ids' row 1: id 300 at position [4] is outside [0, 300) (item_vocab_size); "
-             "map unknown ids to a valid bucket upstream",
-    "nan": "f.npz: tensor 'cand_features' row 2: nan at position [1, 6]; values must be finite",
-}
-
-
-@pytest.mark.parametrize("rule", DATA_WORDING)
-def test_data_file_wording(rule):
-    feed, _, _ = RULES[rule]
-    with pytest.raises(DataError) as err:
-        validate_arrays(feed, TINY, "f.npz")
-    assert str(err.value) == DATA_WORDING[rule]
 
 
 def test_data_file_wording_for_labels_and_empty_files():

@@ -69,10 +69,6 @@ class OneRankConfig:
         return len(self.tasks)
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
     def scale(self) -> float:
         return float(self.score_scale) if self.score_scale is not None else 1.0 / math.sqrt(self.d_model)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -149,6 +149,29 @@ class ContractViolation:
         """Where in that request's tensor: the index without the row."""
         return None if self.index is None else list(self.index[1:])
 
+    def describe(self, wording: Wording, **extra: object) -> str:
+        """This violation in a caller's words.
+
+        `wording` maps a kind to a `str.format` template; a (kind, tensor) or (kind, axis) key
+        overrides it for that tensor or axis. A template sees every field above, the derived
+        `row`, `position`, `rank` (of the shape found), `axes` and `expected_rank` (RANK), `lo`
+        and `hi` (RANGE), and the caller's `extra`.
+        """
+        template = (wording.get((self.kind, self.tensor)) or wording.get((self.kind, self.axis))
+                    or wording[self.kind])
+        values: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(index=self.index and list(self.index), shape=self.shape and list(self.shape),
+                      rank=self.shape and len(self.shape), row=self.row, position=self.position)
+        if self.kind is Violation.RANK:
+            values.update(axes=", ".join(self.expected), expected_rank=len(self.expected))
+        if self.kind is Violation.RANGE:
+            values.update(lo=self.expected[0], hi=self.expected[1])
+        return template.format(**values, **extra)
+
+
+# A caller's words for each kind of violation: see `ContractViolation.describe`.
+Wording = Mapping[Violation | tuple[Violation, str | None], str]
+
 
 def check_arrays(
     config: OneRankConfig,
@@ -265,6 +288,23 @@ def dynamic_sizes(arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
 
 # ----- requests: the edge's validator and a generator ---------------------------------------------
 
+_REQUEST_WORDING: Wording = {
+    Violation.MISSING: "missing input '{tensor}' (inputs are {inputs})",
+    Violation.UNKNOWN: "unknown input '{tensor}' (inputs are {inputs})",
+    Violation.NOT_ARRAY: "input '{tensor}' must be a numpy array, got {found}",
+    Violation.DTYPE: "input '{tensor}' has dtype {found}, expected {expected} (convert with .astype(np.{expected}))",
+    Violation.RANK: "input '{tensor}' has rank {rank} (shape {shape}), expected rank {expected_rank} [{axes}]",
+    Violation.STATIC_AXIS: "input '{tensor}' axis {axis} is {size}, the model expects {expected}",
+    Violation.DISAGREE: ("input '{tensor}' has {axis}={size} but another input has {axis}={expected}; "
+                         "all inputs of a request must agree"),
+    Violation.RANGE: "{axis}={size} is outside the model's range [{lo}, {hi}] (config max for {axis})",
+    (Violation.RANGE, BATCH): "{axis}={size} is outside the model's range [{lo}, {hi}]",
+    Violation.VOCAB: ("{tensor}{index} = {value} is outside [0, {expected}) ({vocab_field}); "
+                      "map unknown ids to a valid bucket upstream"),
+    Violation.NOT_FINITE: "{tensor}{index} is {value}; features must be finite",
+}
+
+
 def validate_request(
     config: OneRankConfig,
     feed: Mapping[str, np.ndarray],
@@ -278,37 +318,8 @@ def validate_request(
     """
     problem = check_arrays(config, feed, max_batch=max_batch)
     if problem is not None:
-        raise RequestError(f"{where}: {_request_message(problem)}")
+        raise RequestError(f"{where}: {problem.describe(_REQUEST_WORDING, inputs=', '.join(INPUT_NAMES))}")
     return dynamic_sizes(feed)
-
-
-def _request_message(v: ContractViolation) -> str:
-    names = ", ".join(INPUT_NAMES)
-    k, t = v.kind, v.tensor
-    if k is Violation.MISSING:
-        return f"missing input '{t}' (inputs are {names})"
-    if k is Violation.UNKNOWN:
-        return f"unknown input '{t}' (inputs are {names})"
-    if k is Violation.NOT_ARRAY:
-        return f"input '{t}' must be a numpy array, got {v.found}"
-    if k is Violation.DTYPE:
-        return f"input '{t}' has dtype {v.found}, expected {v.expected} (convert with .astype(np.{v.expected}))"
-    if k is Violation.RANK:
-        return (f"input '{t}' has rank {len(v.shape)} (shape {list(v.shape)}), "
-                f"expected rank {len(v.expected)} [{', '.join(v.expected)}]")
-    if k is Violation.STATIC_AXIS:
-        return f"input '{t}' axis {v.axis} is {v.size}, the model expects {v.expected}"
-    if k is Violation.DISAGREE:
-        return (f"input '{t}' has {v.axis}={v.size} but another input has {v.axis}={v.expected}; "
-                "all inputs of a request must agree")
-    if k is Violation.RANGE:
-        lo, hi = v.expected
-        return (f"{v.axis}={v.size} is outside the model's range [{lo}, {hi}]"
-                + (f" (config max for {v.axis})" if v.axis != BATCH else ""))
-    if k is Violation.VOCAB:
-        return (f"{t}{list(v.index)} = {v.value} is outside [0, {v.expected}) ({v.vocab_field}); "
-                "map unknown ids to a valid bucket upstream")
-    return f"{t}{list(v.index)} is {v.value}; features must be finite"
 
 
 def random_request(config: OneRankConfig, rng: np.random.Generator, batch: int, hist_len: int,

@@ -163,7 +163,7 @@ def test_file_split_is_deterministic_disjoint_and_drops_duplicates(tmp_path):
     a, b = prepare_data(TINY, settings, path), prepare_data(TINY, settings, path)
     assert a.calibration.fingerprints() == b.calibration.fingerprints()
     assert not set(a.calibration.fingerprints()) & set(a.evaluation.fingerprints())
-    assert len(a.calibration) == 20 and len(a.evaluation) + a.info["evaluation_dropped_as_duplicates"] == 20
+    assert len(a.calibration) == 20 and len(a.evaluation) + a.info.evaluation_dropped_as_duplicates == 20
     other = prepare_data(TINY, CalibrationSettings("int8", num_requests=20, seed=4), path)
     assert other.calibration.fingerprints() != a.calibration.fingerprints()
 
@@ -193,7 +193,7 @@ def test_demo_sets_are_disjoint_and_seeded():
     assert a.calibration.fingerprints() == b.calibration.fingerprints()
     assert a.evaluation.fingerprints() == b.evaluation.fingerprints()
     assert not set(a.calibration.fingerprints()) & set(a.evaluation.fingerprints())
-    assert a.info["calibration_requests"] == 16 and a.info["evaluation_requests"] == 64
+    assert a.info.calibration_requests == 16 and a.info.evaluation_requests == 64
 
 
 def test_build_checks_calibration_data_before_any_work(capsys, tmp_path, tiny_ckpt):

@@ -67,6 +67,10 @@ def test_fp16_error_bound_and_gates_on_the_demo(fp16_run):
     assert entry == json.loads(json.dumps(outcome.entry.to_dict()))
     assert entry["accuracy"]["score_abs_error"]["max"] == acc.max_abs_error
     assert {g["name"] for g in entry["gates"]} >= {"max_abs_error", "top10_overlap_mean", "structure"}
+    assert list(entry) == ["passed", "model", "settings", "gates_config", "data", "nodes", "structure", "accuracy",
+                           "gates", "casts", "range_check", "seconds"]
+    assert entry["settings"]["method"] is None and list(entry["range_check"]) == [
+        "data_max", "fp16_max", "largest_activations", "flushed_to_zero_in_fp16"]
 
 
 def test_range_check_blocks_nodes_whose_activations_exceed_the_limit():

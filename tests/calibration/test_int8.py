@@ -86,6 +86,18 @@ def test_int8_runs_in_onnxruntime_and_passes_the_gates_on_the_demo(int8_run):
     assert entry["accuracy"]["spearman"]["mean"] > 0.98
     assert entry["data"]["disjoint"] and entry["data"]["evaluation_requests"] == 1000
     assert all(c["passed"] for c in entry["structure"])
+    # The report format (onerank-calibration/1): the keys readers rely on, in order.
+    assert list(entry) == ["passed", "model", "settings", "gates_config", "data", "nodes", "structure", "accuracy",
+                           "gates", "quantized_nodes", "timings_detail", "localization", "seconds"]
+    assert all(set(g) == {"name", "value", "limit", "passed", "detail"} for g in entry["gates"])
+    assert all(set(c) == {"name", "passed", "detail"} for c in entry["structure"])
+    assert list(entry["accuracy"]) == ["tasks", "score_abs_error", "score_abs_error_max_per_task",
+                                       "score_abs_error_curve", "topk", "topk_overlap", "topk_overlap_per_task",
+                                       "topk_overlap_histogram", "spearman", "padded_candidates_nonzero",
+                                       "nonfinite_scores", "fp32_onnxruntime_max_abs_error"]
+    assert list(entry["accuracy"]["score_abs_error"]) == ["p50", "p90", "p99", "p99.9", "max", "mean"]
+    assert set(entry["model"]) == {"path", "written", "sha256"} and entry["settings"]["precision"] == "int8"
+    assert entry == json.loads(json.dumps(outcome.entry.to_dict()))
     assert outcome.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

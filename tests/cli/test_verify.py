@@ -41,6 +41,13 @@ def test_verify_passes_a_faithful_export_and_writes_reports(capsys, tiny, tmp_pa
     assert suite.get("failures") == "0"
     # 6 cases for each of 3 runners; 3 invariances for the reference and each runner.
     assert int(suite.get("tests")) == len(report["cases"]) + len(report["invariances"]) == 18 + 12
+    # The keys users and CI read, exactly; the raw run results are not written by default.
+    assert list(report) == ["reference", "passed", "counts", "tolerances", "cases", "invariances"]
+    assert list(report["counts"]) == ["passed", "failed", "skipped"]
+    assert list(report["tolerances"]) == ["fp32", "fp16", "int8"]
+    assert list(report["cases"][0]) == ["runner", "precision", "case", "shape", "status", "reason", "outputs"]
+    assert list(report["invariances"][0]) == ["runner", "check", "status", "max_abs", "atol", "reason"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "parity.json"]
 
 
 def test_verify_fails_an_onnx_whose_weights_were_altered(capsys, tiny, tmp_path):
@@ -60,3 +67,22 @@ def test_verify_fails_an_onnx_whose_weights_were_altered(capsys, tiny, tmp_path)
     report = json.loads((tmp_path / "r" / "parity.json").read_text())
     failed = [c for c in report["cases"] if c["status"] == "failed"]
     assert failed and all(c["runner"].startswith("onnxruntime") for c in failed)
+
+
+def test_verify_reads_a_plans_precision_from_its_metadata_and_refuses_a_plan_without(capsys, tiny, tmp_path):
+    ckpt, _ = tiny
+    plan = tmp_path / "onerank.fp16.plan"
+    plan.write_bytes(b"engine")
+    code = main(["verify", "--checkpoint", str(ckpt), "--engine", str(plan), "--reports", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert str(plan) in err and "onerank.fp16.plan.json" in err and "rebuild the engine" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_verify_rejects_a_shape_outside_the_model_before_any_work(capsys, tiny, tmp_path):
+    ckpt, _ = tiny
+    code = main(["verify", "--checkpoint", str(ckpt), "--shape", "2x9999x3", "--reports", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "hist_len=9999" in err
+    assert not (tmp_path / "r").exists()

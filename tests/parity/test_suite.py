@@ -13,6 +13,7 @@ from onerank_export.parity.report import write_junit
 from onerank_export.parity.runner import Runner, RunnerUnavailable
 from onerank_export.parity.runners import EagerDenseRunner, EagerServingRunner
 from onerank_export.parity.suite import run_parity
+from onerank_export.verdict import Outcome, Verdict
 
 
 class Tampered(Runner):
@@ -54,6 +55,10 @@ def test_correct_backend_passes_every_case_and_invariance():
     assert report.passed
     assert {c.case for c in report.cases} >= {"b3-l1-n1-min", "b2-empty-history", "b3-all-padding-row"}
     assert {i.check for i in report.invariances} == {"candidate-permutation", "candidate-padding", "history-padding"}
+    # One verdict type for cases and invariances; the status strings are its outcomes.
+    rows = [*report.cases, *report.invariances]
+    assert all(isinstance(r.verdict, Verdict) and r.status is r.verdict.outcome is Outcome.PASSED for r in rows)
+    assert {c["status"] for c in report.to_dict()["cases"]} == {"passed"}
 
 
 def test_an_offset_just_above_tolerance_fails_and_reports_the_needed_tolerance():

@@ -57,7 +57,8 @@ def written(tmp_path_factory):
 
 def test_every_written_config_parses_and_matches_the_spec(written):
     out, result = written
-    assert result.status.value == "ok", result.detail
+    assert result.models == ["onerank_trt_fp16", "onerank_onnx_fp16", "onerank_onnx_fp32"]
+    assert result.cpu_model == "onerank" and (result.tensorrt_models, result.onnx_models) == (1, 2)
     configs = sorted(out.glob("model_repository*/*/config.pbtxt"))
     assert [c.parent.name for c in configs] == ["onerank_onnx_fp16", "onerank_onnx_fp32", "onerank_trt_fp16",
                                                 "onerank"]
@@ -74,6 +75,16 @@ def test_every_written_config_parses_and_matches_the_spec(written):
         assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
         # Every artifact the manifest records exists.
         assert all(Path(p).is_file() for p in result.artifacts.values())
+
+
+def test_what_cannot_be_served_is_a_one_line_error_and_writes_nothing(tmp_path):
+    onnx = tmp_path / "onerank.fp16.onnx"
+    onnx.write_bytes(b"onnx")
+    with pytest.raises(StageError, match="no fp32 ONNX to serve"):
+        write_model_repository(tmp_path, TINY, {"fp16": onnx}, {}, None)
+    with pytest.raises(StageError, match="needs the plugin library"):
+        write_model_repository(tmp_path, TINY, {"fp32": onnx}, {"fp16": tmp_path / "onerank.fp16.plan"}, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onerank.fp16.onnx"]
 
 
 def test_tensorrt_config_references_the_plan_and_the_plugin(written):

@@ -39,7 +39,7 @@ def build_dir(tmp_path_factory):
     (out / "onnx").mkdir()
     export_onnx(model, out / "onnx" / "onerank.fp32.onnx")
     result = write_model_repository(out, TINY, {"fp32": out / "onnx" / "onerank.fp32.onnx"}, {}, None)
-    assert result.status.value == "ok"
+    assert result.cpu_model == "onerank" and result.models == ["onerank_onnx_fp32"]
     return out
 
 

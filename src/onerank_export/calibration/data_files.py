@@ -21,7 +21,7 @@ import numpy as np
 from onerank_export import spec
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import DataError
-from onerank_export.spec import ContractViolation, Violation
+from onerank_export.spec import ContractViolation, Violation, Wording
 
 LABELS = "labels"
 # Labels go through the contract checker like the inputs (dtype, shape, agreement, finiteness);
@@ -29,6 +29,25 @@ LABELS = "labels"
 LABELS_SPEC = spec.TensorSpec(LABELS, "float32", (spec.BATCH, spec.NUM_CANDIDATES, spec.NUM_TASKS),
                               "0/1 per candidate and task, in the config's task order")
 KNOWN = (*spec.INPUT_NAMES, LABELS)
+
+# The contract's violations in the words of a request file: tensors, and rows of requests.
+_FILE_WORDING: Wording = {
+    Violation.MISSING: "missing tensor '{tensor}' (a request file holds {inputs} and optionally '{labels}')",
+    Violation.UNKNOWN: "unknown tensor '{tensor}' (known: {known})",
+    Violation.NOT_ARRAY: "tensor '{tensor}' is a {found}, not a numpy array",
+    Violation.DTYPE: "tensor '{tensor}' has dtype {found}, expected {expected} (store it with .astype(np.{expected}))",
+    (Violation.DTYPE, LABELS): "tensor '{tensor}' has dtype {found}, expected {expected} (0/1 per task)",
+    Violation.RANK: "tensor '{tensor}' has shape {shape}, expected rank {expected_rank} [{axes}]",
+    Violation.STATIC_AXIS: "tensor '{tensor}' has {axis}={size}, the model expects {expected}",
+    Violation.DISAGREE: ("tensor '{tensor}' has {axis}={size} but '{other_tensor}' has {expected}; "
+                         "all tensors of a file must agree"),
+    Violation.RANGE: "tensor '{tensor}' has {axis}={size}, outside the model's range [{lo}, {hi}]",
+    # Files have no batch limit: the only way out of the batch range is no rows at all.
+    (Violation.RANGE, spec.BATCH): "holds no requests (tensor '{tensor}' has {size} rows)",
+    Violation.VOCAB: ("tensor '{tensor}' row {row}: id {value} at position {position} is outside [0, {expected}) "
+                      "({vocab_field}); map unknown ids to a valid bucket upstream"),
+    Violation.NOT_FINITE: "tensor '{tensor}' row {row}: {value} at position {position}; values must be finite",
+}
 
 
 def read_request_file(path: Path, cfg: OneRankConfig) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -52,7 +71,7 @@ def validate_arrays(arrays: dict[str, np.ndarray], cfg: OneRankConfig, where: st
     labels as an optional extra tensor) and every label is 0 or 1; else a DataError naming the row."""
     problem = spec.check_arrays(cfg, arrays, extra=(LABELS_SPEC,))
     if problem is not None:
-        raise DataError(f"{where}: {_message(problem)}")
+        raise DataError(f"{where}: {_describe(problem)}")
     labels = arrays.get(LABELS)
     if labels is not None:
         bad = (labels != 0) & (labels != 1)
@@ -63,34 +82,8 @@ def validate_arrays(arrays: dict[str, np.ndarray], cfg: OneRankConfig, where: st
     return {s.name: arrays[s.name] for s in spec.INPUTS}, labels
 
 
-def _message(v: ContractViolation) -> str:
-    """A contract violation in the words of a request file: tensors, and rows of requests."""
-    k, t = v.kind, v.tensor
-    if k is Violation.MISSING:
-        return f"missing tensor '{t}' (a request file holds {', '.join(spec.INPUT_NAMES)} and optionally '{LABELS}')"
-    if k is Violation.UNKNOWN:
-        return f"unknown tensor '{t}' (known: {', '.join(KNOWN)})"
-    if k is Violation.NOT_ARRAY:
-        return f"tensor '{t}' is a {v.found}, not a numpy array"
-    if k is Violation.DTYPE:
-        fix = "0/1 per task" if t == LABELS else f"store it with .astype(np.{v.expected})"
-        return f"tensor '{t}' has dtype {v.found}, expected {v.expected} ({fix})"
-    if k is Violation.RANK:
-        return f"tensor '{t}' has shape {list(v.shape)}, expected rank {len(v.expected)} [{', '.join(v.expected)}]"
-    if k is Violation.STATIC_AXIS:
-        return f"tensor '{t}' has {v.axis}={v.size}, the model expects {v.expected}"
-    if k is Violation.DISAGREE:
-        return (f"tensor '{t}' has {v.axis}={v.size} but '{v.other_tensor}' has {v.expected}; "
-                "all tensors of a file must agree")
-    if k is Violation.RANGE:
-        if v.axis == spec.BATCH:  # files have no batch limit: the only way out of range is no rows
-            return f"holds no requests (tensor '{t}' has {v.size} rows)"
-        lo, hi = v.expected
-        return f"tensor '{t}' has {v.axis}={v.size}, outside the model's range [{lo}, {hi}]"
-    if k is Violation.VOCAB:
-        return (f"tensor '{t}' row {v.row}: id {v.value} at position {v.position} is outside [0, {v.expected}) "
-                f"({v.vocab_field}); map unknown ids to a valid bucket upstream")
-    return f"tensor '{t}' row {v.row}: {v.value} at position {v.position}; values must be finite"
+def _describe(problem: ContractViolation) -> str:
+    return problem.describe(_FILE_WORDING, inputs=", ".join(spec.INPUT_NAMES), labels=LABELS, known=", ".join(KNOWN))
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -119,7 +112,7 @@ def _read_parquet(path: Path, cfg: OneRankConfig) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
     problem = spec.check_names(table.column_names, extra=(LABELS_SPEC,))
     if problem is not None:
-        raise DataError(f"{path}: {_message(problem)}")
+        raise DataError(f"{path}: {_describe(problem)}")
     b = table.num_rows
     if b == 0:
         raise DataError(f"{path}: holds no requests (0 rows)")

@@ -72,7 +72,7 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
           calibration_data: Path | None, engine: str,
           plugin_library: Path | None, triton: bool, tolerances: Path | None, force: bool, seed: int) -> int:
     """Checkpoint -> ONNX (fp32, fp16, int8) -> parity -> TensorRT engines -> Triton repository + manifest."""
-    from onerank_export.parity.tolerances import load_tolerances
+    from onerank_export.parity.verify import load_tolerances
     from onerank_export.pipeline.options import BuildOptions
     from onerank_export.pipeline.runner import build as run_build
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from onerank_export import __version__, spec
+from onerank_export import __version__
 from onerank_export.errors import StageError
 from onerank_export.export.custom_op import MATCHING_SCORE, reference_function
 from onerank_export.export.graph_cleanup import clean_graph
@@ -48,7 +48,7 @@ def export_onnx(model: OneRankModel, path: str | Path, *, checkpoint_sha256: str
             program = torch.onnx.export(
                 graph, export_config.example_inputs(model), dynamo=True,
                 dynamic_shapes=export_config.dynamic_shapes(model),
-                input_names=list(spec.INPUT_NAMES), output_names=list(spec.OUTPUT_NAMES),
+                input_names=list(export_config.input_names), output_names=list(export_config.output_names),
                 opset_version=export_config.opset, optimize=True, verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; report one line

@@ -30,8 +30,3 @@ def task_losses(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
     has_pos = (n_pos > 0).float()
     nce = (per_request * has_pos).sum(dim=0) / has_pos.sum(dim=0).clamp_min(1.0)
     return cfg.infonce_weight * nce + cfg.bce_weight * bce
-
-
-def total_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, cfg: OneRankConfig
-               ) -> torch.Tensor:
-    return task_losses(logits, labels, valid, cfg).sum()

@@ -10,7 +10,14 @@ import numpy as np
 from onerank_export import spec
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import RequestError
-from onerank_export.spec import ContractViolation, random_request  # random_request: re-exported for benches
+from onerank_export.spec import Violation, Wording, random_request  # random_request: re-exported for benches
+
+_SHAPE_WORDING: Wording = {
+    (Violation.RANGE, spec.BATCH): "{axis}={size} must be >= 1",  # no upper bound: see shape_case
+    (Violation.RANGE, spec.HIST_LEN): "{axis}={size} is outside the model's range [{lo}, {hi}] (config max_hist_len)",
+    (Violation.RANGE, spec.NUM_CANDIDATES): ("{axis}={size} is outside the model's range [{lo}, {hi}] "
+                                             "(config max_candidates)"),
+}
 
 
 @dataclass(frozen=True)
@@ -31,18 +38,10 @@ def shape_case(cfg: OneRankConfig, batch: int, hist_len: int, num_candidates: in
     no upper bound here (a runner with a batch limit, such as a TensorRT profile, judges it)."""
     problem = spec.check_dims(cfg, {spec.BATCH: batch, spec.HIST_LEN: hist_len, spec.NUM_CANDIDATES: num_candidates})
     if problem is not None:
-        raise RequestError(f"parity shape: {_shape_message(problem)}")
+        raise RequestError(f"parity shape: {problem.describe(_SHAPE_WORDING)}")
     rng = np.random.default_rng([seed, batch, hist_len, num_candidates])
     return ParityCase(name or f"b{batch}-l{hist_len}-n{num_candidates}",
                       random_request(cfg, rng, batch, hist_len, num_candidates))
-
-
-def _shape_message(v: ContractViolation) -> str:
-    if v.axis == spec.BATCH:
-        return f"{v.axis}={v.size} must be >= 1"
-    lo, hi = v.expected
-    limit = "max_hist_len" if v.axis == spec.HIST_LEN else "max_candidates"
-    return f"{v.axis}={v.size} is outside the model's range [{lo}, {hi}] (config {limit})"
 
 
 def default_cases(cfg: OneRankConfig, seed: int = 0) -> list[ParityCase]:

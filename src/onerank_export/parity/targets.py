@@ -58,10 +58,9 @@ def plan_precision(plan: Path) -> Precision:
     try:
         meta = read_plan_metadata(meta_file)
     except StageError as exc:
-        why = str(exc).removeprefix(f"{meta_file}: ")
-        raise ConfigError(f"{plan}: its precision is read from {meta_file.name} beside it, which is unusable "
-                          f"({why}); keep the .json that `onerank-export build` wrote next to the plan, or "
-                          "rebuild the engine") from None
+        why = "missing" if not meta_file.is_file() else str(exc).removeprefix(f"{meta_file}: ")
+        raise ConfigError(f"{plan}: its precision is read from {meta_file.name} beside it ({why}); keep the "
+                          "metadata `onerank-export build` wrote next to the plan, or rebuild the engine") from None
     return Precision.parse(str(meta["precision"]), what=f"{meta_file}: precision")
 
 

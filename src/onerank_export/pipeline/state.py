@@ -36,6 +36,3 @@ class BuildState:
         if self.model is None:
             raise RuntimeError("no model loaded yet: the checkpoint stage runs first")
         return self.model.cfg
-
-    def relative(self, path: Path) -> str:
-        return str(path.relative_to(self.work))

@@ -14,12 +14,12 @@ import pytest
 from onerank_export.engine.tensorrt.builder import build_engine
 from onerank_export.engine.tensorrt.plan_metadata import optimization_profile, read_plan_metadata
 from onerank_export.errors import RequestError
-from onerank_export.parity.cases import default_cases, shape_case
+from onerank_export.parity.cases import default_cases, invariance_case, shape_case
 from onerank_export.parity.runners import EagerDenseRunner
-from onerank_export.parity.suite import DEFAULT_TOLERANCES, run_parity
+from onerank_export.parity.suite import run_parity
 from onerank_export.parity.tensorrt_runner import TensorRTRunner
-from onerank_export.parity.verify import invariance_case
 from onerank_export.pipeline.manifest import sha256_file
+from onerank_export.precision import DEFAULT_TOLERANCES
 
 pytestmark = pytest.mark.gpu
 

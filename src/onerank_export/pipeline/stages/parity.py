@@ -1,0 +1,45 @@
+"""Stage `parity`: every model of the build against eager PyTorch on seeded cases and invariances.
+
+The same runners as `onerank-export verify` (parity/targets.py): each ONNX model as the Triton CPU
+model runs it (after the CPU rewrite) and as Triton's ONNX Runtime backend loads it (canonical).
+A mismatch fails the stage (exit 1) after reports/parity.json and junit.xml are written.
+"""
+
+from __future__ import annotations
+
+from onerank_export.pipeline.result import StageResult, Status
+from onerank_export.pipeline.stages.base import Stage
+from onerank_export.pipeline.state import MODEL, ONNX, BuildState
+
+REPORTS_DIR = "reports"
+
+
+class ParityStage(Stage):
+    name = "parity"
+    requires = (MODEL, ONNX)
+
+    def run(self, state: BuildState) -> StageResult:
+        from onerank_export.parity.cases import default_cases, invariance_case
+        from onerank_export.parity.report import write_reports
+        from onerank_export.parity.targets import ParityTargets, build_runners, run_parity_suite
+
+        cfg, seed = state.config, state.options.seed
+        runners = build_runners(state.model, ParityTargets(onnx=dict(state.onnx)))
+        report = run_parity_suite(state.model, runners, default_cases(cfg, seed), state.options.tolerances,
+                                  invariance_case=invariance_case(cfg, seed))
+        parity_json, parity_junit = write_reports(report, state.work / REPORTS_DIR)
+        artifacts = {"parity_json": parity_json, "parity_junit": parity_junit}
+        worst: dict[str, float] = {}
+        for c in report.cases:
+            for o in c.outputs:
+                key = f"{c.runner}[{c.precision}]"
+                worst[key] = max(worst.get(key, 0.0), o.max_abs)
+        counts = report.counts()
+        metrics = {"counts": counts, "max_abs": worst}
+        summary = ", ".join(f"{k} max_abs {v:.2e}" for k, v in worst.items())
+        if not report.passed:
+            bad = report.failures[0]
+            what = f"{bad.runner} {getattr(bad, 'case', getattr(bad, 'check', ''))}"
+            return StageResult(self.name, Status.FAILED, f"{counts['failed']} check(s) failed (first: {what}); "
+                               f"{summary}", artifacts, metrics)
+        return StageResult(self.name, Status.OK, f"{counts['passed']} checks passed; {summary}", artifacts, metrics)
