@@ -56,6 +56,9 @@ RULES = {  # name: (feed, max_batch, the violation the checker must report)
               ContractViolation(V.DTYPE, "cand_item_ids", found="int32", expected="int64")),
     "rank": (changed(context_ids=lambda a: a[:, None, :]), None,
              ContractViolation(V.RANK, "context_ids", shape=(B, 1, 4), expected=("batch", "num_context_fields"))),
+    "rank-scalar": (changed(cand_features=np.array(0.5, np.float32)), None,
+                    ContractViolation(V.RANK, "cand_features", shape=(),
+                                      expected=("batch", "num_candidates", "num_cand_features"))),
     "static-axis": (changed(cand_features=lambda a: a[..., :5]), None,
                     ContractViolation(V.STATIC_AXIS, "cand_features", axis="num_cand_features", size=5, expected=F)),
     "disagree-hist": (changed(hist_action_ids=lambda a: a[:, 1:]), None,
@@ -170,6 +173,10 @@ WORDING = {
               "f.npz: tensor 'cand_item_ids' has dtype int32, expected int64 (store it with .astype(np.int64))"),
     "rank": ("request: input 'context_ids' has rank 3 (shape [3, 1, 4]), expected rank 2 [batch, num_context_fields]",
              "f.npz: tensor 'context_ids' has shape [3, 1, 4], expected rank 2 [batch, num_context_fields]"),
+    "rank-scalar": ("request: input 'cand_features' has rank 0 (shape []), expected rank 3 "
+                    "[batch, num_candidates, num_cand_features]",
+                    "f.npz: tensor 'cand_features' has shape [], expected rank 3 "
+                    "[batch, num_candidates, num_cand_features]"),
     "static-axis": ("request: input 'cand_features' axis num_cand_features is 5, the model expects 8",
                     "f.npz: tensor 'cand_features' has num_cand_features=5, the model expects 8"),
     "disagree-hist": ("request: input 'hist_action_ids' has hist_len=8 but another input has hist_len=9; "

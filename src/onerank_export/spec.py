@@ -153,17 +153,19 @@ class ContractViolation:
         """This violation in a caller's words.
 
         `wording` maps a kind to a `str.format` template; a (kind, tensor) or (kind, axis) key
-        overrides it for that tensor or axis. A template sees every field above, the derived
-        `row`, `position`, `rank` (of the shape found), `axes` and `expected_rank` (RANK), `lo`
-        and `hi` (RANGE), and the caller's `extra`.
+        overrides it for that tensor or axis. A template sees every field above (index and shape
+        as lists), the derived `row` and `position`, `rank`, `axes` and `expected_rank` (RANK),
+        `lo` and `hi` (RANGE), and the caller's `extra`.
         """
         template = (wording.get((self.kind, self.tensor)) or wording.get((self.kind, self.axis))
                     or wording[self.kind])
         values: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(index=self.index and list(self.index), shape=self.shape and list(self.shape),
-                      rank=self.shape and len(self.shape), row=self.row, position=self.position)
+        values.update(row=self.row, position=self.position)
+        if self.index is not None:
+            values.update(index=list(self.index))  # [1, 4], as numpy users write an index
         if self.kind is Violation.RANK:
-            values.update(axes=", ".join(self.expected), expected_rank=len(self.expected))
+            values.update(shape=list(self.shape), rank=len(self.shape), axes=", ".join(self.expected),
+                          expected_rank=len(self.expected))
         if self.kind is Violation.RANGE:
             values.update(lo=self.expected[0], hi=self.expected[1])
         return template.format(**values, **extra)

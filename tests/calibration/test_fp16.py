@@ -24,6 +24,7 @@ def fp16_run(calibrated, demo_fp32_onnx):
     return outcome, onnx.load(str(outcome.model_path)), onnx.load(str(demo_fp32_onnx))
 
 
+@pytest.mark.slow  # the shared demo calibration (`calibrated`) takes ~20 s on 2 cores
 def test_fp16_structure(fp16_run):
     _, model, fp32 = fp16_run
     onnx.checker.check_model(model, full_check=True)
@@ -55,6 +56,7 @@ def test_fp16_structure(fp16_run):
     assert meta["onerank.precision"] == "fp16" and "onerank.config" in meta
 
 
+@pytest.mark.slow  # the shared demo calibration (`calibrated`) takes ~20 s on 2 cores
 def test_fp16_error_bound_and_gates_on_the_demo(fp16_run):
     outcome, _, _ = fp16_run
     acc = outcome.entry.accuracy

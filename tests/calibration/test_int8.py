@@ -32,6 +32,7 @@ def small_sets(demo_model):
     return prepare_data(demo_model.cfg, CalibrationSettings("int8", num_requests=64, eval_requests=64))
 
 
+@pytest.mark.slow  # the shared demo calibration (`calibrated`) takes ~20 s on 2 cores
 def test_int8_structure_is_what_tensorrt_explicit_quantization_takes(int8_run):
     _, model, fp32 = int8_run
     onnx.checker.check_model(model, full_check=True)
@@ -72,6 +73,7 @@ def test_int8_structure_is_what_tensorrt_explicit_quantization_takes(int8_run):
     assert {(o.domain, o.version) for o in model.opset_import} == {(o.domain, o.version) for o in fp32.opset_import}
 
 
+@pytest.mark.slow  # the shared demo calibration (`calibrated`) takes ~20 s on 2 cores
 def test_int8_runs_in_onnxruntime_and_passes_the_gates_on_the_demo(int8_run):
     outcome, model, _ = int8_run
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -101,6 +103,7 @@ def test_int8_runs_in_onnxruntime_and_passes_the_gates_on_the_demo(int8_run):
     assert outcome.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # the shared demo calibration (`calibrated`) takes ~20 s on 2 cores
 def test_localisation_ranks_every_quantized_node(int8_run):
     outcome, _, _ = int8_run
     details = outcome.entry.details
@@ -117,6 +120,7 @@ def test_localisation_ranks_every_quantized_node(int8_run):
     assert entry["quantized_nodes"] == list(details.quantized_nodes)
 
 
+@pytest.mark.slow  # the shared demo calibration (`calibrated`) takes ~20 s on 2 cores
 def test_structure_checks_catch_what_tensorrt_rejects(int8_run):
     from onerank_export.calibration.selection import int8_plan
 

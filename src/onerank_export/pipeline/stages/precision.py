@@ -1,60 +1,111 @@
-"""The `build` stage for one reduced precision: writes onnx/onerank.<precision>.onnx (only when
-every gate passed) and adds its entry to reports/calibration.json + calibration.png.
+"""Stage `fp16` / `int8`: a reduced-precision ONNX from the fp32 export, judged against fp32 eager.
 
-With `build --calibration-data FILE` it calibrates (and holds out a disjoint split for the
-accuracy report) on the user's requests; otherwise on the demo generator's, and for a checkpoint
-that is not the demo the detail says so.
+Writes onnx/onerank.<precision>.onnx only when every accuracy gate and structure check passed,
+and adds its entry to reports/calibration.json + calibration.png either way. With
+`build --calibration-data FILE` it calibrates (and holds out a disjoint split for the accuracy
+report) on the user's requests, validated once in preflight before any slow work; otherwise on
+the demo generator's, and for a checkpoint that is not the demo the detail says so.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from onerank_export.calibration.pipeline import calibrate
-from onerank_export.calibration.settings import CalibrationSettings
-from onerank_export.errors import OneRankError
-from onerank_export.model.onerank import OneRankModel
+from onerank_export.config import OneRankConfig
+from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import StageResult, Status
+from onerank_export.pipeline.stages.base import Stage
+from onerank_export.pipeline.stages.export import ONNX_DIR, onnx_file_name
+from onerank_export.pipeline.stages.parity import REPORTS_DIR
+from onerank_export.pipeline.state import MODEL, ONNX, BuildState
+from onerank_export.precision import Precision
+
+if TYPE_CHECKING:
+    from onerank_export.calibration.data import CalibrationData
+    from onerank_export.calibration.settings import CalibrationSettings
 
 
-def run_precision_stage(precision: str, fp32_onnx: Path, model: OneRankModel, out_dir: Path, *, method: str,
-                        seed: int, data: Path | None = None) -> StageResult:
-    out = out_dir / "onnx" / f"onerank.{precision}.onnx"
-    try:
-        settings = CalibrationSettings(precision, method=method, seed=seed)
-        outcome = calibrate(fp32_onnx, model, settings, out=out, report_dir=out_dir / "reports", data=data)
-    except OneRankError as exc:  # e.g. a config the demo generator cannot serve: a failed stage, not a crash
-        return StageResult(precision, Status.FAILED, str(exc))
-    artifacts = {"calibration_report": outcome.report_path, "calibration_plot": outcome.plot_path}
-    if outcome.model_path is not None:
-        artifacts[f"onnx_{precision}"] = outcome.model_path
-    entry = outcome.entry
-    acc = entry["accuracy"]
-    metrics = {
-        "passed": outcome.passed,
-        "method": method if precision == "int8" else None,
-        "auc_change": {t: m["auc_change"] for t, m in acc["tasks"].items()},
-        "gauc_change": {t: m["gauc_change"] for t, m in acc["tasks"].items()},
-        f"top{acc['topk']}_overlap_mean": acc["topk_overlap"]["mean"],
-        "spearman_mean": acc["spearman"]["mean"],
-        "max_abs_error": acc["score_abs_error"]["max"],
-        "gates_failed": [g["name"] for g in entry["gates"] if not g["passed"]],
-        "data": entry["data"]["source"],
-        "seconds": entry["seconds"],
-    }
-    detail = outcome.summary
-    if data is None and not _is_demo_checkpoint(fp32_onnx):
-        detail += "; calibrated on demo-generator requests: use `onerank-export calibrate --data` with real ones"
-    return StageResult(precision, Status.OK if outcome.passed else Status.FAILED, detail, artifacts, metrics)
+@dataclass
+class CalibrationInputs:
+    """The calibration and evaluation requests of one build, loaded and validated once and shared by
+    the precision stages (the split depends on sizes and seed, not on the precision)."""
+
+    _loaded: dict[tuple, CalibrationData] = field(default_factory=dict)
+
+    def get(self, config: OneRankConfig, settings: CalibrationSettings, data: Path | None) -> CalibrationData:
+        from onerank_export.calibration.data import prepare_data
+
+        key = (str(data), settings.num_requests, settings.eval_requests, settings.seed)
+        if key not in self._loaded:
+            self._loaded[key] = prepare_data(config, settings, data)
+        return self._loaded[key]
 
 
-def _is_demo_checkpoint(fp32_onnx: Path) -> bool:
-    import onnx
+class PrecisionStage(Stage):
+    requires = (MODEL, ONNX)
+    provides = (ONNX,)
 
-    from onerank_export.export.metadata import model_metadata
+    def __init__(self, precision: Precision | str, inputs: CalibrationInputs | None = None) -> None:
+        self.precision = Precision(precision)
+        self.name = self.precision.value
+        self.inputs = inputs or CalibrationInputs()
+
+    @property
+    def label(self) -> str:
+        return f"precision {self.precision}"
+
+    def settings(self, options: BuildOptions) -> CalibrationSettings:
+        from onerank_export.calibration.settings import CalibrationSettings
+
+        return CalibrationSettings(self.precision, method=options.calibration_method, seed=options.seed)
+
+    def preflight(self, options: BuildOptions, config: OneRankConfig) -> None:
+        # A user's request file is read and checked now: every data error before the slow stages.
+        # The demo generator's requests are made when the stage runs (a config it cannot serve fails
+        # this stage, not the build).
+        if options.calibration_data is not None:
+            self.inputs.get(config, self.settings(options), options.calibration_data)
+
+    def run(self, state: BuildState) -> StageResult:
+        from onerank_export.calibration.pipeline import calibrate
+
+        options = state.options
+        settings = self.settings(options)
+        sets = self.inputs.get(state.config, settings, options.calibration_data)
+        outcome = calibrate(state.onnx[Precision.FP32], state.model, settings,
+                            out=state.work / ONNX_DIR / onnx_file_name(self.precision),
+                            report_dir=state.work / REPORTS_DIR, sets=sets)
+        artifacts = {"calibration_report": outcome.report_path, "calibration_plot": outcome.plot_path}
+        if outcome.model_path is not None:
+            artifacts[f"onnx_{self.precision}"] = outcome.model_path
+            state.onnx[self.precision] = outcome.model_path
+        entry = outcome.entry
+        acc = entry.accuracy
+        metrics = {
+            "passed": outcome.passed,
+            "method": settings.method if self.precision is Precision.INT8 else None,
+            "auc_change": dict(acc.auc_change),
+            "gauc_change": dict(acc.gauc_change),
+            f"top{acc.topk}_overlap_mean": acc.topk_overlap.mean,
+            "spearman_mean": acc.spearman.mean,
+            "max_abs_error": acc.max_abs_error,
+            "gates_failed": [g.name for g in entry.failed_gates],
+            "data": entry.data.source,
+            "seconds": {k: round(v, 3) for k, v in entry.seconds.items()},
+        }
+        detail = outcome.summary
+        if options.calibration_data is None and not _is_demo_checkpoint(state):
+            detail += "; calibrated on demo-generator requests: use `onerank-export calibrate --data` with real ones"
+        return StageResult(self.name, Status.OK if outcome.passed else Status.FAILED, detail, artifacts, metrics)
+
+
+def _is_demo_checkpoint(state: BuildState) -> bool:
+    if state.options.checkpoint is None:
+        return True
     from onerank_export.model.checkpoint import checkpoint_digest
     from onerank_export.model.demo_checkpoint import demo_checkpoint_dir, is_complete
 
-    sha = model_metadata(onnx.load(str(fp32_onnx), load_external_data=False)).get("onerank.checkpoint_sha256")
     demo = demo_checkpoint_dir()
-    return bool(sha) and is_complete(demo) and checkpoint_digest(demo) == sha
+    return is_complete(demo) and checkpoint_digest(demo) == state.checkpoint_sha256
