@@ -1,4 +1,13 @@
-"""Shared pytest set-up: the `gpu` marker skips with a reason where CUDA + TensorRT are absent."""
+"""Shared pytest set-up.
+
+Tiers: `python -m pytest` runs everything (what CI runs); `python -m pytest -m "not slow"` is the
+fast tier (under 2 minutes on 2 cores, also on a clean machine). A test is slow when it is marked
+so (a real tritonserver, a whole build, a demo calibration) or when it needs the trained demo
+checkpoint: training it takes ~2 minutes where the cache is empty, so every test that asks for it,
+directly or through another fixture, is marked here rather than by hand.
+
+The `gpu` marker skips with a reason where CUDA + TensorRT are absent.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +15,13 @@ import pytest
 
 from onerank_export.engine.tensorrt.availability import tensorrt_unavailable_reason
 
+NEEDS_DEMO_CHECKPOINT = "demo_checkpoint"
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if NEEDS_DEMO_CHECKPOINT in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from onerank_export import __version__
 from onerank_export.config import OneRankConfig
+from onerank_export.io import atomic_directory
 from onerank_export.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 from onerank_export.model.train import ProgressFn, TrainRecipe, train_demo
 
@@ -54,16 +53,9 @@ def write_demo_checkpoint(out: Path, progress: ProgressFn | None = None,
     model, metrics = train_demo(cfg, recipe, progress)
     record = {"held_out": metrics, "recipe": recipe.to_dict(), "tool_version": __version__,
               "torch_version": torch.__version__}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         save_checkpoint(model, tmp, metadata={"source": "onerank-export demo", "recipe": json.dumps(recipe.to_dict())})
         (tmp / METRICS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return record
 
 
