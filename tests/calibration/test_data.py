@@ -207,6 +207,7 @@ def test_build_checks_calibration_data_before_any_work(capsys, tmp_path, tiny_ck
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz"]
 
 
+@pytest.mark.slow  # a whole build with fp16 calibration, ~11 s
 def test_build_calibrates_on_the_given_data(capsys, tmp_path, tiny_ckpt):
     path = tmp_path / "calib.npz"
     np.savez(path, **requests(n=400, seed=5))

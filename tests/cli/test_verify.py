@@ -86,3 +86,14 @@ def test_verify_rejects_a_shape_outside_the_model_before_any_work(capsys, tiny, 
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "hist_len=9999" in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("shape, message", [("2x9999x3", "hist_len=9999"), ("2x3", "expected BxLxN")])
+def test_a_bad_shape_is_rejected_before_the_demo_checkpoint_is_trained(capsys, tmp_path, monkeypatch, shape, message):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("ONERANK_EXPORT_CACHE", str(cache))  # an empty cache: the demo would be trained
+    code = main(["verify", "--shape", shape, "--reports", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and message in err, err
+    assert list(cache.iterdir()) == [] and not (tmp_path / "r").exists()

@@ -11,6 +11,8 @@ from helpers import make_tiny_model
 from onerank_export.cli.main import main
 from onerank_export.model.checkpoint import save_checkpoint
 
+pytestmark = pytest.mark.slow  # whole `onerank-export build` runs, ~30 s on 2 cores
+
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):

@@ -27,6 +27,8 @@ from onerank_export.serving.client import OneRankClient
 from onerank_export.serving.repository import CPU_DIR, write_model_repository
 from onerank_export.serving.server import TritonServer, free_port
 
+pytestmark = pytest.mark.slow  # a real tritonserver per module, ~30 s on 2 cores
+
 LOAD_SECONDS = 10.0
 LOAD_CLIENTS = 8
 

@@ -22,16 +22,16 @@ from pathlib import Path
 
 SWEEP = [(256, 128), (256, 512), (256, 2048), (64, 512), (1024, 512)]  # (L, N)
 # eager-dense runs twice: as it comes, and with denormals flushed (the ORT sessions flush them,
-# see ort_session.py); the faster of the two is the reference the ratios are taken against.
+# see export/ort_session.py); the faster of the two is the reference the ratios are taken against.
 RUNNERS = ("eager-dense", "eager-dense-ftz", "eager-serving", "ort-fp32", "ort-fp16", "ort-int8")
 THREADS = 2
-# The headline cell's runners run this many interleaved rounds: one p50 per process varies by
-# up to ~10% between runs on this VM (eager-serving 9.7 vs 10.8 ms in two runs of one day).
+# The headline cell's runners run this many interleaved rounds: one p50 per process varies between
+# runs on a shared VM (docs/benchmarks.md#latency-benchmark-settings).
 HEADLINE, HEADLINE_ROUNDS = (256, 512), 3
 # glibc's dynamic mmap threshold makes eager torch bimodal: its large temporaries are mmapped and
-# page-faulted on every call, or not, depending on allocation history (eager-serving at L=256,
-# N=512 measured 17.5 ms or 11.7 ms in different runs). Fixed thresholds give every runner its
-# fast mode; ONNX Runtime uses its own arena and does not move.
+# page-faulted on every call, or not, depending on allocation history
+# (docs/benchmarks.md#latency-benchmark-settings). Fixed thresholds give every runner its fast
+# mode; ONNX Runtime uses its own arena and does not move.
 CHILD_ENV = {"PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 

@@ -14,9 +14,8 @@ the type their consumers need (a copy only when both need it). The model's input
 keep the serving contract (fp32 cand_features in, fp32 scores out). The MatchingScore node takes
 fp16 z and r; its FunctionProto casts to fp32 and accumulates there, its output stays fp32.
 
-onnxconverter-common's float16 converter was tried first (1.16): it emitted 77 Casts, rewrote
-the -inf masks to -10000 and left a Cast's `to` inconsistent, so onnx.checker and ORT rejected
-the result.
+The converter is this module's own because onnxconverter-common's float16 converter produced
+a model that onnx.checker and ORT rejected (docs/precision.md#library-choice-both-tried).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Entropy (KL) threshold search, the same algorithm as ONNX Runtime's `HistogramCollector.
 get_entropy_threshold` (TensorRT's calibration, GTC 2017 s7310) with the per-bin Python loops
-replaced by array operations: 2048 bins took ORT 0.36 s per tensor here, this takes ~0.05 s.
-tests/calibration/test_int8.py checks it returns ORT's thresholds exactly.
+replaced by array operations, because ORT's loops are slow at TensorRT's 2048 bins
+(docs/precision.md#library-choice-both-tried). tests/calibration/test_int8.py checks it returns
+ORT's thresholds exactly.
 """
 
 from __future__ import annotations

@@ -133,8 +133,9 @@ def _activation_inputs(model: onnx.ModelProto, nodes: set[str]) -> set[str]:
 
 def _refuse_mask_carriers(model: onnx.ModelProto, chosen: set[str], calibrator, ranges) -> None:
     """The candidates' score GEMM reads the key mask (MASKED_SCORE) as a key column: one int8 scale
-    stretched over it rounds every real key to 0 (measured: AUC -0.008, top-10 overlap 0.93).
-    Only --force-low-precision can ask for it; say so instead of failing the gates later."""
+    stretched over it rounds every real key to 0 and the accuracy gates fail
+    (docs/precision.md#accuracy-on-the-demo-checkpoint). Only --force-low-precision can ask for it;
+    say so instead of failing the gates later."""
     histograms = getattr(getattr(calibrator, "collector", None), "histogram_dict", None) or {}
     consts = {i.name for i in model.graph.initializer}
     for node in model.graph.node:
@@ -156,7 +157,7 @@ def _refuse_mask_carriers(model: onnx.ModelProto, chosen: set[str], calibrator, 
 
 def _prepare_histograms(calibrator, needed: set[str], method: str) -> None:
     """Histogram methods: keep only the tensors that get Q/DQ (the search costs per tensor) and
-    use the array version of ORT's entropy search (same thresholds, ~10x faster)."""
+    use the array version of ORT's entropy search (same thresholds, faster: histogram.py)."""
     collector = getattr(calibrator, "collector", None)
     if collector is None or not hasattr(collector, "histogram_dict"):
         return

@@ -1,7 +1,7 @@
 """What a calibration run is asked to do: data sizes, the INT8 method, node overrides, accuracy gates.
 
-Defaults are sized for the demo checkpoint inside `build` (a few seconds per precision on 2 cores);
-`onerank-export calibrate` exposes every field as an option.
+Defaults are sized for the demo checkpoint inside `build`, to keep each precision quick there
+(timings: docs/precision.md#time-in-build); `onerank-export calibrate` exposes every field as an option.
 """
 
 from __future__ import annotations

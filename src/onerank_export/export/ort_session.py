@@ -4,9 +4,10 @@ Triton CPU model and the benchmarks, so what is verified is what is served and m
 from __future__ import annotations
 
 # Flush denormals to zero (FTZ/DAZ) on ONNX Runtime's threads. Masked attention scores underflow
-# exp() through the denormal range, and each denormal result costs an x86 microcode assist:
-# measured here, ORT's Softmax over rows with half their keys masked ran 6x slower (1456 us ->
-# 235 us with FTZ on all threads). Only magnitudes below 1.2e-38 change, so parity does not move.
+# exp() through the denormal range, and each denormal result costs an x86 microcode assist that
+# makes ORT's Softmax over masked rows several times slower
+# (docs/benchmarks.md#flush-to-zero-in-every-cpu-session). Only magnitudes below 1.2e-38 change,
+# so parity does not move.
 # ORT applies this to its intra-op pool threads, and to the calling thread only for the first
 # session a process creates (a call_once inside ORT): the first session must carry it.
 DENORMAL_AS_ZERO = ("session.set_denormal_as_zero", "1")

@@ -1,8 +1,8 @@
 """What one ahead-of-time compile of the MatchingScore kernel produces: the data `aot` makes and
 `header` renders.
 
-Its own module so the dependency runs one way (aot -> header -> image, aot -> image): with the
-dataclasses in `aot`, the header renderer had to import its producer back.
+Its own module so the dependency runs one way (aot -> header -> image, aot -> image): the header
+renderer needs these types, not the compiler that makes them (docs/benchmarks.md#kernel-image-module).
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ class LaunchConfig:
         return d_model % 16 == 0 and all(p % ALIGNMENT_BYTES == 0 for p in pointers)
 
 
-# Measured on sm_80 (docs/plugin.md): the aligned flavour gets 128-bit loads at 64 registers; without the
-# alignment hints every element is its own load, so the generic flavour halves the rows to stay at ~80.
+# The aligned flavour gets 128-bit loads; without the alignment hints every element is its own load, so the
+# generic flavour halves the rows to keep its register count down (counts: docs/plugin.md#kernel-design).
 LAUNCH_CONFIGS = (
     LaunchConfig("vec16", block_rows=32, block_d=64, num_warps=4, num_stages=2, aligned=True),
     LaunchConfig("generic", block_rows=16, block_d=64, num_warps=4, num_stages=2, aligned=False),
