@@ -7,6 +7,7 @@ import torch
 
 from onerank_export.config import OneRankConfig, ServingConfig
 from onerank_export.model.onerank import OneRankModel
+from onerank_export.parity.runner import Runner, RunnerUnavailable
 
 TINY = OneRankConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, item_vocab_size=300, context_vocab_size=128,
                      num_context_fields=4, num_cand_features=8, max_hist_len=64, max_candidates=64,
@@ -24,3 +25,13 @@ def request(cfg: OneRankConfig, batch: int, hist_len: int, num_candidates: int, 
     from onerank_export.spec import random_request
 
     return random_request(cfg, np.random.default_rng(seed), batch, hist_len, num_candidates, full=full)
+
+
+class Missing(Runner):
+    """A backend that cannot run here: activating it raises RunnerUnavailable with a reason."""
+
+    def activate_impl(self):
+        raise RunnerUnavailable("no CUDA device")
+
+    def infer_impl(self, feed):
+        raise AssertionError("never called")

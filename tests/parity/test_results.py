@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from helpers import make_tiny_model
+from helpers import Missing, make_tiny_model
 
 from onerank_export.errors import ConfigError
 from onerank_export.parity.cases import default_cases, invariance_case
 from onerank_export.parity.invariance import CHECKS
 from onerank_export.parity.results import RunResults
-from onerank_export.parity.runner import Runner, RunnerUnavailable
+from onerank_export.parity.runner import Runner
 from onerank_export.parity.runners import EagerDenseRunner, EagerServingRunner
 from onerank_export.parity.suite import compare_runs, run_parity
 from onerank_export.precision import Precision, Tolerance
@@ -34,14 +34,6 @@ class Counting(Runner):
         scores = self.inner.infer(feed)["scores"].copy()
         scores[feed["cand_item_ids"] != 0] += self.offset  # real candidates only: padding stays exactly 0
         return {"scores": scores}
-
-
-class Missing(Runner):
-    def activate_impl(self):
-        raise RunnerUnavailable("no CUDA device")
-
-    def infer_impl(self, feed):
-        raise AssertionError("never called")
 
 
 @pytest.fixture(scope="module")

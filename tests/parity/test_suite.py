@@ -6,11 +6,11 @@ import json
 import xml.etree.ElementTree as ET
 
 import numpy as np
-from helpers import make_tiny_model
+from helpers import Missing, make_tiny_model
 
 from onerank_export.parity.cases import default_cases, invariance_case
 from onerank_export.parity.report import write_junit
-from onerank_export.parity.runner import Runner, RunnerUnavailable
+from onerank_export.parity.runner import Runner
 from onerank_export.parity.runners import EagerDenseRunner, EagerServingRunner
 from onerank_export.parity.suite import run_parity
 from onerank_export.verdict import Outcome, Verdict
@@ -33,14 +33,6 @@ class Tampered(Runner):
         elif self.mode == "padding-leak":
             scores[feed["cand_item_ids"] == 0] = 0.5  # ignores the mask: still exact on real candidates
         return {"scores": scores}
-
-
-class Missing(Runner):
-    def activate_impl(self):
-        raise RunnerUnavailable("no CUDA device")
-
-    def infer_impl(self, feed):
-        raise AssertionError("never called")
 
 
 def _run(targets):

@@ -32,7 +32,7 @@ class ConsoleUI:
         print_stage(result)
 
     def note(self, message: str) -> None:
-        console.print(message)
+        console.print(message, markup=False)
 
     def training_step(self, step: int, total: int, loss: float) -> None:
         if self._progress is None:
@@ -84,8 +84,6 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
                            plugin_library=plugin_library, triton=triton, calibration_method=calibration_method,
                            calibration_data=calibration_data, tolerances=load_tolerances(tolerances), force=force,
                            seed=seed)
-    source = f"checkpoint {checkpoint}" if checkpoint else "the demo checkpoint"
-    console.print(f"building {out}/ from {source}")
     outcome = run_build(options, ConsoleUI())
     verdict = "[green]passed[/]" if outcome.passed else "[bold red]FAILED[/]"
     console.print(f"build {verdict} in {time.perf_counter() - started:.0f} s: {outcome.out}/manifest.json")

@@ -76,6 +76,7 @@ def build(options: BuildOptions, ui: BuildUI | None = None, *, stages: list[Stag
     ui = ui or QuietUI()
     stages = preflight(options, stages)
     checkpoint = resolve_checkpoint(options.checkpoint, ui)
+    ui.note(f"building {options.out}/ from {options.checkpoint_source} checkpoint {checkpoint}")
     with BuildDirectory(options.out) as work:
         for gone in work.removed:
             ui.note(f"removed {gone.name}, left by a build that did not finish")
