@@ -83,7 +83,13 @@ def sha256_file(path: str | Path) -> str:
 
 
 def current_umask() -> int:
-    """The process umask (there is no way to read it without setting it)."""
+    """The process umask: from /proc (Linux), else by setting and restoring it (briefly process-wide)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

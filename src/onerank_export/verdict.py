@@ -46,13 +46,16 @@ class Verdict:
         return self.outcome is Outcome.FAILED
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form; an undefined number (NaN) is null, since JSON has no NaN."""
-        out: dict[str, Any] = {"name": self.name, "passed": self.passed, "detail": self.detail}
-        if self.outcome is Outcome.SKIPPED:
-            out["skipped"] = True
+        """JSON form: name, value, limit, passed, detail for a measured check, name, passed, detail for
+        a structural one (the report formats users read); an undefined number (NaN) is null."""
+        out: dict[str, Any] = {"name": self.name}
         if self.value is not None or self.limit is not None:
             out["value"] = None if self.value is None or not math.isfinite(self.value) else self.value
             out["limit"] = self.limit
+        out["passed"] = self.passed
+        out["detail"] = self.detail
+        if self.outcome is Outcome.SKIPPED:
+            out["skipped"] = True
         return out
 
 

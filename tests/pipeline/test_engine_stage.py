@@ -49,8 +49,9 @@ def test_require_is_a_one_line_error_with_the_reason_in_preflight(tmp_path):
 
 def test_skip_and_unknown_modes(tmp_path):
     assert EngineStage("skip").build({}, tmp_path, TINY).verdict == "skipped: --engine skip"
-    with pytest.raises(ValueError, match="'always'"):
+    with pytest.raises(StageError, match="'always'") as err:
         EngineStage("always")
+    assert "\n" not in str(err.value) and "auto, require, skip" in str(err.value)
 
 
 def test_a_missing_given_plugin_is_refused_in_preflight(tmp_path):

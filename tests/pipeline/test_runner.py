@@ -8,7 +8,7 @@ import json
 import pytest
 from helpers import make_tiny_model
 
-from onerank_export.errors import OneRankError, StageError
+from onerank_export.errors import ConfigError, OneRankError, StageError
 from onerank_export.model.checkpoint import save_checkpoint
 from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import StageResult, Status
@@ -92,5 +92,9 @@ def test_a_stage_that_requires_what_no_earlier_stage_provides_is_refused(tmp_pat
 def test_options_accept_strings_and_record_the_manifest_options(tmp_path):
     options = BuildOptions(out=tmp_path, precisions=("int8",), engine="skip")
     assert options.describe()["precisions"] == ["int8"] and options.describe()["engine"] == "skip"
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="precision 'bf16' is not one of fp32, fp16, int8"):
         BuildOptions(out=tmp_path, precisions=("bf16",))
+    with pytest.raises(StageError, match="--engine 'always': expected one of auto, require, skip"):
+        BuildOptions(out=tmp_path, engine="always")
+    with pytest.raises(ConfigError, match="calibration method 'kl'"):
+        BuildOptions(out=tmp_path, calibration_method="kl")

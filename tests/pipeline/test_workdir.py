@@ -100,3 +100,46 @@ def test_output_dir_checks(tmp_path):
         check_output_dir(tmp_path / "mine", force=False)
     check_output_dir(tmp_path / "mine", force=True)
     check_output_dir(tmp_path / "new", force=False)
+
+
+def test_a_lock_unlinked_by_a_cleaner_before_it_was_taken_is_made_again(tmp_path, monkeypatch):
+    """The window between creating the lock file and locking it: a cleaner may take and unlink it.
+    The builder must end up holding the lock on the file that is at the path, not on an orphan."""
+    import fcntl
+
+    from onerank_export.pipeline import workdir
+
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_a_cleaner(fd, op):
+        calls.append(op)
+        if len(calls) == 1:  # the cleaner wins the race once
+            (tmp_path / ".build.building-0123456789abcdef.lock").unlink()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(workdir.fcntl, "flock", flock_after_a_cleaner)
+    lock = tmp_path / ".build.building-0123456789abcdef.lock"
+    fd = workdir._hold_lock(lock)
+    try:
+        assert len(calls) == 2 and os.fstat(fd).st_ino == os.stat(lock).st_ino
+    finally:
+        os.close(fd)
+
+
+def test_a_failed_swap_puts_the_previous_build_back(tmp_path, monkeypatch):
+    out = tmp_path / "build"
+    out.mkdir()
+    (out / "manifest.json").write_text("old")
+    real_rename = type(out).rename
+
+    def rename(self, target):
+        if ".building-" in self.name:
+            raise OSError("simulated: the filesystem refused the rename")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(out), "rename", rename)
+    with pytest.raises(OSError, match="simulated"), BuildDirectory(out) as work:
+        (work.path / "manifest.json").write_text("new")
+        work.commit()
+    assert (out / "manifest.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]

@@ -14,7 +14,8 @@ from onerank_export import spec
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import ConfigError, StageError
 from onerank_export.serving import model_config as mcfg
-from onerank_export.serving.repository import CPU_DIR, PLUGIN_PARAMETER, PRODUCTION_DIR, write_model_repository
+from onerank_export.serving.parameters import PLUGIN_PARAMETER
+from onerank_export.serving.repository import CPU_DIR, PRODUCTION_DIR, write_model_repository
 from onerank_export.serving.server import resolve_repository
 
 GOLDEN = Path(__file__).with_name("golden") / "onerank_onnx_fp32.config.pbtxt"

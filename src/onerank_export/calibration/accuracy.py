@@ -85,6 +85,7 @@ def compare(reference: np.ndarray, scores: np.ndarray, requests: RequestSet, tas
 def apply_gates(precision: Precision, accuracy: Accuracy, gates: AccuracyGates,
                 checks: Sequence[Verdict]) -> list[Verdict]:
     """Every gate, passed or not. NaN never passes (a comparison with NaN is False)."""
+    precision = Precision(precision)  # "fp16" from a caller still gets the fp16 error gate
     out = []
     for task, m in accuracy.tasks.items():
         change = m.auc_change if m.auc_change is not None else float("nan")

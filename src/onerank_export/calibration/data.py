@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,7 @@ class CalibrationData:
     calibration: RequestSet
     evaluation: RequestSet
     info: DataInfo
+    load_seconds: float = 0.0  # reading, validating and splitting (the report's seconds.data counts it)
 
 
 def load_requests(path: Path, cfg: OneRankConfig) -> RequestSet:
@@ -99,6 +101,7 @@ def load_requests(path: Path, cfg: OneRankConfig) -> RequestSet:
 def prepare_data(cfg: OneRankConfig, settings: CalibrationSettings, data: Path | None = None,
                  eval_data: Path | None = None) -> CalibrationData:
     """Load (or generate), validate, sample and split. Every DataError is raised before any work."""
+    started = time.perf_counter()
     if data is None and eval_data is not None:
         raise DataError("--eval-data needs --data: without it both sets come from the demo generator")
     if data is None:
@@ -118,7 +121,7 @@ def prepare_data(cfg: OneRankConfig, settings: CalibrationSettings, data: Path |
     info = DataInfo(source=source, calibration_requests=len(calib), evaluation_requests=len(evaluation),
                     evaluation_dropped_as_duplicates=dropped, calibration_shape=_shape(calib),
                     evaluation_shape=_shape(evaluation), seed=settings.seed)
-    return CalibrationData(calib, evaluation, info)
+    return CalibrationData(calib, evaluation, info, time.perf_counter() - started)
 
 
 def _demo_sets(cfg: OneRankConfig, settings: CalibrationSettings) -> tuple[RequestSet, RequestSet, str]:

@@ -46,10 +46,6 @@ class Fp16Model:
     ranges: dict[str, dict[str, float]]  # tensor -> absmax (finite), non-finite and flush-to-zero counts
     casts: int
 
-    @property
-    def fp32_nodes(self) -> list[NodeChoice]:
-        return [c for c in self.plan if not c.low_precision]
-
 
 def activation_ranges(fp32: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
     """Run the fp32 model with every float tensor as an output; per-tensor magnitude statistics."""
@@ -111,13 +107,13 @@ def range_blocked_nodes(model: onnx.ModelProto, ranges: dict[str, dict[str, floa
 
 def convert_fp16(fp32: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]], *, data_max: float = 512.0,
                  keep_float: Sequence[str] = (), force_low: Sequence[str] = (),
-                 extra_metadata: dict[str, str] | None = None) -> Fp16Model:
+                 calibration: dict[str, str] | None = None) -> Fp16Model:
     types = tensor_types(fp32)
     ranges = activation_ranges(fp32, batches)
     plan = fp16_plan(fp32, types, range_blocked_nodes(fp32, ranges, data_max), keep_float, force_low)
     proto, casts = _rewrite(fp32, {c.name for c in plan if c.low_precision}, types)
-    meta = {"onerank.fp16.fp32_nodes": str(sum(not c.low_precision for c in plan)), **(extra_metadata or {})}
-    proto = finalize_precision_model(proto, fp32, Precision.FP16, meta)
+    proto = finalize_precision_model(proto, fp32, Precision.FP16, calibration or {},
+                                     {"onerank.fp16.fp32_nodes": str(sum(not c.low_precision for c in plan))})
     return Fp16Model(proto, plan, ranges, casts)
 
 

@@ -4,6 +4,8 @@ metadata and validation."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import replace
 
 import onnx
 from onnx import TensorProto
@@ -11,7 +13,7 @@ from onnx import TensorProto
 from onerank_export import __version__
 from onerank_export.errors import StageError
 from onerank_export.export.custom_op import MATCHING_SCORE
-from onerank_export.export.metadata import PRECISION_KEY, model_metadata, set_model_metadata
+from onerank_export.export.metadata import read_metadata
 from onerank_export.precision import Precision
 
 # Ops that move or reshape data without computing on it: a quantized or fp16 value passes through.
@@ -53,21 +55,16 @@ def matching_score_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return [n for n in graph.node if n.domain == MATCHING_SCORE.domain and n.op_type == MATCHING_SCORE.op_type]
 
 
-def source_of(graph: onnx.GraphProto, tensor: str) -> onnx.NodeProto | None:
-    """The node that computes `tensor`, looking through shape-only ops; None for inputs/initializers."""
-    made_by = producers(graph)
-    node = made_by.get(tensor)
-    while node is not None and node.op_type in SHAPE_OPS:
-        node = made_by.get(node.input[0])
-    return node
-
-
 def finalize_precision_model(model: onnx.ModelProto, fp32: onnx.ModelProto, precision: Precision,
-                             extra_metadata: dict[str, str]) -> onnx.ModelProto:
-    """Carry the fp32 model's metadata, check the custom op survived untouched, validate."""
+                             calibration: Mapping[str, str], other: Mapping[str, str] | None = None
+                             ) -> onnx.ModelProto:
+    """Carry the fp32 model's metadata with this precision and how it was made (`calibration`:
+    onerank.calibration.*; `other`: full keys), check the custom op survived untouched, validate."""
     precision = Precision(precision)
-    props = {k: v for k, v in model_metadata(fp32).items() if k.startswith("onerank.")}
-    set_model_metadata(model, {**props, PRECISION_KEY: precision.value, **extra_metadata})
+    source = read_metadata(fp32)
+    source = replace(source, other={k: v for k, v in source.other.items() if k.startswith("onerank.")})
+    meta = source.with_precision(precision, **calibration)
+    replace(meta, other={**meta.other, **(other or {})}).apply(model)
     model.producer_name, model.producer_version = "onerank-export", __version__
     model.doc_string = f"{fp32.doc_string} ({precision})".strip()
     check_custom_op_intact(model, fp32)

@@ -61,7 +61,7 @@ class Int8Model:
 
 def quantize_int8(fp32_path: Path, calibration_batches: Sequence[dict[str, np.ndarray]], *, method: str,
                   keep_float: Sequence[str] = (), force_low: Sequence[str] = (),
-                  extra_metadata: dict[str, str] | None = None) -> Int8Model:
+                  calibration: dict[str, str] | None = None) -> Int8Model:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
@@ -100,8 +100,7 @@ def quantize_int8(fp32_path: Path, calibration_batches: Sequence[dict[str, np.nd
         proto = onnx.load(str(out))
         _restore_float_inputs(proto, fp32, chosen)
         seconds["quantize"] = time.perf_counter() - t0
-    meta = {"onerank.calibration.method": method, "onerank.calibration.quantized_nodes": str(len(chosen)),
-            **(extra_metadata or {})}
+    meta = {"method": method, "quantized_nodes": str(len(chosen)), **(calibration or {})}
     # Whether ORT really quantized every planned node is a structure check (checks.py), reported.
     return Int8Model(finalize_precision_model(proto, fp32, Precision.INT8, meta), plan, seconds)
 

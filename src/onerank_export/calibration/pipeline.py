@@ -47,9 +47,10 @@ def calibrate(fp32_onnx: Path, model: OneRankModel, settings: CalibrationSetting
     cfg, precision, started = model.cfg, settings.precision, time.perf_counter()
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
+    loaded_before = sets.load_seconds if sets is not None else 0.0  # prepared by the caller, counted here
     sets = sets or prepare_data(cfg, settings, data, eval_data)
     fp32 = onnx.load(str(fp32_onnx))
-    seconds["data"] = time.perf_counter() - t0
+    seconds["data"] = time.perf_counter() - t0 + loaded_before
     say(f"{len(sets.calibration)} calibration and {len(sets.evaluation)} held-out requests from "
         f"{sets.info.short_source}")
 
@@ -60,20 +61,20 @@ def calibrate(fp32_onnx: Path, model: OneRankModel, settings: CalibrationSetting
 
     t0 = time.perf_counter()
     batches = sets.calibration.batches(settings.batch_size)
-    meta = {"onerank.calibration.requests": str(len(sets.calibration))}
+    meta = {"requests": str(len(sets.calibration))}  # recorded as onerank.calibration.requests
     if precision is Precision.INT8:
         from onerank_export.calibration.int8 import quantize_int8
 
         say(f"calibrating int8 ({settings.method})")
         result = quantize_int8(fp32_onnx, batches, method=settings.method, keep_float=settings.keep_float,
-                               force_low=settings.force_low_precision, extra_metadata=meta)
+                               force_low=settings.force_low_precision, calibration=meta)
         checks = check_int8(result.proto, fp32, result.plan)
     else:
         from onerank_export.calibration.fp16 import convert_fp16
 
         say("converting to fp16 (range check on calibration requests)")
         result = convert_fp16(fp32, batches, data_max=settings.fp16_data_max, keep_float=settings.keep_float,
-                              force_low=settings.force_low_precision, extra_metadata=meta)
+                              force_low=settings.force_low_precision, calibration=meta)
         checks = check_fp16(result.proto, fp32, result.plan)
         details = Fp16Details(result.casts, _range_check(result.ranges, settings.fp16_data_max))
     seconds["convert"] = time.perf_counter() - t0
@@ -99,7 +100,7 @@ def calibrate(fp32_onnx: Path, model: OneRankModel, settings: CalibrationSetting
         with atomic_path(out) as tmp:  # `out` is complete or untouched, never half a model
             onnx.save_model(result.proto, str(tmp))
     record = ModelRecord(Path(out), passed, sha256_file(out) if passed else None)
-    seconds["total"] = time.perf_counter() - started
+    seconds["total"] = time.perf_counter() - started + loaded_before
     entry = CalibrationEntry(
         precision=precision, model=record, settings=settings, data=sets.info,
         nodes=tuple(c for c in result.plan if not c.low_precision or c.reason), structure=tuple(checks),

@@ -7,44 +7,13 @@ from pathlib import Path
 
 import click
 
-from onerank_export.cli.common import CHECKPOINT_HELP, console, existing_dir, print_stage, training_progress
-from onerank_export.pipeline.options import CALIBRATION_METHODS, EngineMode
-from onerank_export.pipeline.result import StageResult
-from onerank_export.pipeline.stages.base import Stage
+from onerank_export.calibration.settings import METHODS
+from onerank_export.cli.common import CHECKPOINT_HELP, ConsoleUI, console, existing_dir
+from onerank_export.pipeline.options import EngineMode
 from onerank_export.precision import REDUCED
 
 NONE = "none"
 existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
-
-
-class ConsoleUI:
-    """Stage lines on stdout; the one-time demo training as a progress bar on stderr."""
-
-    def __init__(self) -> None:
-        self._progress = None
-        self._task = None
-
-    def stage_started(self, index: int, total: int, stage: Stage) -> None:
-        self._stop_training()
-        console.print(f"[bold][{index}/{total}] {stage.label}[/]")
-
-    def stage_finished(self, result: StageResult) -> None:
-        print_stage(result)
-
-    def note(self, message: str) -> None:
-        console.print(message, markup=False)
-
-    def training_step(self, step: int, total: int, loss: float) -> None:
-        if self._progress is None:
-            self._progress = training_progress()
-            self._progress.start()
-            self._task = self._progress.add_task("train", total=total, loss=float("nan"))
-        self._progress.update(self._task, completed=step, total=total, loss=loss)
-
-    def _stop_training(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
 
 @click.command()
@@ -53,7 +22,7 @@ class ConsoleUI:
               help="Output directory (replaced atomically; see --force).")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice([*(p.value for p in REDUCED), NONE]),
               help="Reduced-precision variants to produce (repeatable). Default: fp16 and int8.")
-@click.option("--calibration-method", type=click.Choice(CALIBRATION_METHODS), default="minmax",
+@click.option("--calibration-method", type=click.Choice(METHODS), default="minmax",
               show_default=True, help="INT8 activation calibration.")
 @click.option("--calibration-data", type=existing_file,
               help="Labelled requests (.npz or .parquet, serving-contract names) for INT8/FP16 calibration and "

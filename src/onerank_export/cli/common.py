@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from onerank_export.pipeline.result import StageResult, Status
+from onerank_export.pipeline.runner import BuildUI
+from onerank_export.pipeline.stages.base import Stage
 
 # Logs and pipes (CI) get 160 columns instead of rich's 80, so report tables stay readable.
 _PIPE_WIDTH = None if sys.stdout.isatty() else 160
@@ -33,19 +35,38 @@ def training_progress() -> Progress:
                     console=err_console, transient=True)
 
 
+class ConsoleUI(BuildUI):
+    """Stage lines on stdout; the one-time demo training as a progress bar on stderr."""
+
+    def __init__(self) -> None:
+        self._progress = None
+        self._task = None
+
+    def stage_started(self, index: int, total: int, stage: Stage) -> None:
+        console.print(f"[bold][{index}/{total}] {stage.label}[/]")
+
+    def stage_finished(self, result: StageResult) -> None:
+        print_stage(result)
+
+    def note(self, message: str) -> None:
+        console.print(message, markup=False)
+
+    def training_step(self, step: int, total: int, loss: float) -> None:
+        if self._progress is None:
+            self._progress = training_progress()
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=total, loss=float("nan"))
+        self._progress.update(self._task, completed=step, total=total, loss=loss)
+
+    def training_finished(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
 def resolve_checkpoint(checkpoint: Path | None) -> tuple[Path, str]:
-    """(checkpoint dir, source) — the user's, or the cached demo checkpoint (trained on first use)."""
-    if checkpoint is not None:
-        return checkpoint, "user"
-    from onerank_export.model.demo_checkpoint import demo_checkpoint_dir, ensure_demo_checkpoint, is_complete
+    """(checkpoint dir, source): the user's, or the cached demo checkpoint (trained on first use,
+    with a progress bar), the same way `build` resolves it."""
+    from onerank_export.pipeline.runner import resolve_checkpoint as resolve
 
-    if not is_complete(demo_checkpoint_dir()):
-        console.print("demo checkpoint not cached yet: training it once (about 2 minutes on 2 cores)")
-        with training_progress() as progress:
-            task = progress.add_task("train", total=None, loss=float("nan"))
-
-            def update(step: int, total: int, loss: float) -> None:
-                progress.update(task, completed=step, total=total, loss=loss)
-
-            return ensure_demo_checkpoint(update), "demo"
-    return ensure_demo_checkpoint(), "demo"
+    return resolve(checkpoint, ConsoleUI()), "user" if checkpoint is not None else "demo"

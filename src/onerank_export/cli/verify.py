@@ -8,6 +8,7 @@ import click
 
 from onerank_export.cli.common import CHECKPOINT_HELP, console, existing_dir, resolve_checkpoint
 from onerank_export.errors import CheckFailed, RequestError
+from onerank_export.serving.parameters import PROTOCOLS
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -28,7 +29,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
               help="libonerank_plugins.so for --engine.")
 @click.option("--triton", "triton_url", help="URL of a running Triton server to check, e.g. 127.0.0.1:8000.")
 @click.option("--triton-model", default=None, help="Model name on the Triton server. Default: the CPU model.")
-@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
 @click.option("--shape", "shapes", multiple=True, help="Extra case BxLxN (repeatable), e.g. 3x100x300.")
 @click.option("--tolerances", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help='JSON {"fp16": {"atol": 0.005}, ...} overriding per-precision tolerances.')

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onerank_export.export.onnx_config import ONERANK_ONNX_CONFIG
 from onerank_export.io import write_json
 from onerank_export.parity.cases import ParityCase
 from onerank_export.parity.compare import OutputComparison, compare_outputs
@@ -19,7 +20,7 @@ from onerank_export.parity.invariance import InvarianceResult, check_invariances
 from onerank_export.parity.results import RunResults
 from onerank_export.parity.run import ProgressFn, run_runners
 from onerank_export.parity.runner import Runner
-from onerank_export.precision import DEFAULT_TOLERANCES, Precision, Tolerance
+from onerank_export.precision import Precision, Tolerance
 from onerank_export.verdict import Outcome, Verdict, counts
 
 Tolerances = Mapping[Precision | str, Tolerance]
@@ -87,7 +88,7 @@ class ParityReport:
 
 def merged_tolerances(tolerances: Tolerances | None = None) -> dict[Precision, Tolerance]:
     """The defaults, overridden per precision by `tolerances`."""
-    return {**DEFAULT_TOLERANCES, **{Precision(p): t for p, t in (tolerances or {}).items()}}
+    return {**ONERANK_ONNX_CONFIG.tolerances, **{Precision(p): t for p, t in (tolerances or {}).items()}}
 
 
 def compare_runs(results: RunResults, tolerances: Tolerances | None = None) -> ParityReport:

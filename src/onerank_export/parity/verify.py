@@ -32,7 +32,9 @@ def load_tolerances(path: Path | None) -> dict[Precision, Tolerance]:
         raise ConfigError(f"{path}: expected an object like {{\"fp16\": {{\"atol\": 0.005}}}}")
     out = {}
     for key, value in raw.items():
-        precision = Precision.parse(key, what=f"{path}: precision")
+        if key not in {p.value for p in Precision}:
+            raise ConfigError(f"{path}: unknown precision {key!r} (known: {', '.join(p.value for p in Precision)})")
+        precision = Precision(key)
         if not isinstance(value, dict) or set(value) - {"atol", "rtol"} or "atol" not in value:
             raise ConfigError(f"{path}: {precision} must be {{\"atol\": number, \"rtol\": number (optional)}}")
         atol, rtol = value["atol"], value.get("rtol", 0.0)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onerank_export.calibration.settings import METHODS
+from onerank_export.errors import ConfigError, StageError
 from onerank_export.precision import REDUCED, Precision, Tolerance
 
 
@@ -21,8 +23,12 @@ class EngineMode(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
-
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+    @classmethod
+    def parse(cls, text: EngineMode | str) -> EngineMode:
+        try:
+            return cls(text)
+        except ValueError:
+            raise StageError(f"--engine {text!r}: expected one of {', '.join(m.value for m in cls)}") from None
 
 
 @dataclass(frozen=True)
@@ -41,9 +47,11 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         # Accept the option strings too ("fp16", "auto"): Python callers need not import the enums.
-        object.__setattr__(self, "precisions", tuple(Precision(p) for p in self.precisions))
-        object.__setattr__(self, "engine", EngineMode(self.engine))
-        object.__setattr__(self, "tolerances", {Precision(p): t for p, t in self.tolerances.items()})
+        object.__setattr__(self, "precisions", tuple(Precision.parse(p) for p in self.precisions))
+        object.__setattr__(self, "engine", EngineMode.parse(self.engine))
+        object.__setattr__(self, "tolerances", {Precision.parse(p): t for p, t in self.tolerances.items()})
+        if self.calibration_method not in METHODS:
+            raise ConfigError(f"calibration method {self.calibration_method!r} is not one of {', '.join(METHODS)}")
 
     @property
     def checkpoint_source(self) -> str:

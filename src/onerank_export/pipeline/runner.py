@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import OneRankError
@@ -24,15 +23,9 @@ from onerank_export.pipeline.state import BuildState
 from onerank_export.pipeline.workdir import MANIFEST, BuildDirectory, check_output_dir
 
 
-class BuildUI(Protocol):
-    def stage_started(self, index: int, total: int, stage: Stage) -> None: ...
-    def stage_finished(self, result: StageResult) -> None: ...
-    def note(self, message: str) -> None: ...
-    def training_step(self, step: int, total: int, loss: float) -> None: ...
-
-
-class QuietUI:
-    """For Python callers: no output."""
+class BuildUI:
+    """What a build tells its caller while it runs. The default says nothing (Python callers);
+    the CLI's ConsoleUI prints stage lines and a progress bar while the demo checkpoint trains."""
 
     def stage_started(self, index: int, total: int, stage: Stage) -> None:
         pass
@@ -45,6 +38,9 @@ class QuietUI:
 
     def training_step(self, step: int, total: int, loss: float) -> None:
         pass
+
+    def training_finished(self) -> None:
+        """Called once training stops, whether it finished or raised."""
 
 
 @dataclass
@@ -73,7 +69,7 @@ def preflight(options: BuildOptions, stages: list[Stage] | None = None) -> list[
 
 def build(options: BuildOptions, ui: BuildUI | None = None, *, stages: list[Stage] | None = None) -> BuildOutcome:
     """Run the whole pipeline into `options.out`. `stages` replaces the planned ones (tests)."""
-    ui = ui or QuietUI()
+    ui = ui or BuildUI()
     stages = preflight(options, stages)
     checkpoint = resolve_checkpoint(options.checkpoint, ui)
     ui.note(f"building {options.out}/ from {options.checkpoint_source} checkpoint {checkpoint}")
@@ -98,7 +94,10 @@ def resolve_checkpoint(checkpoint: Path | None, ui: BuildUI) -> Path:
 
     if not is_complete(demo_checkpoint_dir()):
         ui.note("demo checkpoint not cached yet: training it once (about 2 minutes on 2 cores)")
-    return ensure_demo_checkpoint(ui.training_step)
+    try:
+        return ensure_demo_checkpoint(ui.training_step)
+    finally:
+        ui.training_finished()
 
 
 def _run_stage(stage: Stage, state: BuildState, index: int, total: int, ui: BuildUI) -> StageResult:

@@ -7,8 +7,9 @@ process dies, however it dies (SIGKILL included). So the next build into the sam
 every temporary whose lock it can take (its builder is gone) and leaves alone those it cannot (a
 build still running there).
 
-`mkdtemp` creates 0700 directories; the finished root gets the mode a plain `mkdir` would give
-under the user's umask, so a server running as another user can read the repository.
+The temporary is created 0700 (nobody reads a half-written build); the finished root gets the
+mode a plain `mkdir` would give under the user's umask, so a server running as another user can
+read the repository.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from onerank_export.errors import OneRankError
@@ -41,34 +43,43 @@ def check_output_dir(out: Path, force: bool) -> None:
 
 
 def remove_abandoned(parent: Path) -> list[Path]:
-    """Remove the temporaries of builds that died in `parent`; return what was removed."""
-    removed = []
+    """Remove the temporaries of builds that died in `parent`; return what is gone."""
+    removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for entry in sorted(parent.iterdir()):
         match = _TEMPORARY.match(entry.name)
         if not match or not entry.is_dir() or entry.is_symlink():
             continue
-        lock = parent / f".{match['name']}.building-{match['id']}.lock"
-        with _try_lock(lock) as held:
-            if held:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
-    for lock in parent.glob(".*.building-*.lock"):  # locks whose directories are gone
+        # A builder creates its directory only once it holds the lock, so a missing lock means a dead one.
+        with _try_lock(_lock_path(parent, match["name"], match["id"])) as free:
+            if free:
+                shutil.rmtree(entry, ignore_errors=True)  # another user's temporary may not be ours to remove
+                if not entry.exists():
+                    removed.append(entry)
+    for lock in sorted(parent.glob(".*.building-*.lock")):  # locks whose directories are gone
         if not lock.with_suffix("").exists():
-            with _try_lock(lock) as held:
-                if held:
+            with _try_lock(lock) as free:
+                if free:
                     lock.unlink(missing_ok=True)
     return removed
 
 
+def _lock_path(parent: Path, name: str, build_id: str) -> Path:
+    return parent / f".{name}.building-{build_id}.lock"
+
+
 @contextlib.contextmanager
-def _try_lock(path: Path):
-    """Yield True when the lock at `path` was free (or absent) and is now ours for the block."""
+def _try_lock(path: Path) -> Iterator[bool]:
+    """Yield True when no live builder holds the lock at `path` (or there is none); the lock is then
+    ours for the block. A lock file we may not open belongs to another user: never ours to clean."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDONLY)  # flock works on a read-only descriptor
     except FileNotFoundError:
         yield True
+        return
+    except PermissionError:
+        yield False
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,8 +88,26 @@ def _try_lock(path: Path):
         yield False
         return
     try:
-        yield True
+        yield _same_file(fd, path)  # else a builder replaced it meanwhile: it is live
     finally:
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _hold_lock(path: Path) -> int:
+    """An exclusive flock on the lock file at `path`. A cleaner that saw the file before we locked it
+    may have unlinked it; then we hold a lock on a file nobody can see, so we make a new one."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, path):
+            return fd
         os.close(fd)
 
 
@@ -89,7 +118,7 @@ class BuildDirectory:
         self.out = Path(out).resolve()
         self.id = secrets.token_hex(8)
         self.path = self.out.parent / f".{self.out.name}.building-{self.id}"
-        self._lock_path = self.out.parent / f".{self.out.name}.building-{self.id}.lock"
+        self._lock_path = _lock_path(self.out.parent, self.out.name, self.id)
         self._lock_fd: int | None = None
         self.removed: list[Path] = []
 
@@ -97,8 +126,7 @@ class BuildDirectory:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.removed = remove_abandoned(self.out.parent)
         # Lock first, directory second: a temporary directory without a held lock is never live.
-        self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._lock_fd = _hold_lock(self._lock_path)
         self.path.mkdir(mode=0o700)
         return self
 
@@ -109,7 +137,12 @@ class BuildDirectory:
         if self.out.exists():
             replaced = self.out.parent / f".{self.out.name}.replaced-{self.id}"
             self.out.rename(replaced)
-        self.path.rename(self.out)
+        try:
+            self.path.rename(self.out)
+        except OSError:
+            if replaced is not None:  # put the previous build back: never lose it to a failed swap
+                replaced.rename(self.out)
+            raise
         if replaced is not None:
             shutil.rmtree(replaced, ignore_errors=True)
 

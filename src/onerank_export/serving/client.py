@@ -23,8 +23,7 @@ from onerank_export import spec
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import RequestError, StageError
 from onerank_export.serving.model_config import config_from_parameters
-
-PROTOCOLS = ("http", "grpc")
+from onerank_export.serving.parameters import PROTOCOLS
 
 
 class OneRankClient:

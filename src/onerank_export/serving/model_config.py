@@ -18,9 +18,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from onerank_export import spec
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import ConfigError
+from onerank_export.serving.parameters import CONFIG_PARAMETER, PRECISION_PARAMETER, THREADS_PARAMETER
 
-CONFIG_PARAMETER = "onerank.config"  # the model config as JSON: limits for clients and the python model
-PRECISION_PARAMETER = "onerank.precision"
 # Requests are batched only when all their non-batch dims agree (Triton's rule for non-ragged inputs),
 # and each batch row is a whole request, so candidates of different requests never share a row.
 MAX_QUEUE_DELAY_US = 200
@@ -94,7 +93,7 @@ def python_onnx_config(name: str, config: OneRankConfig, warmup_files: dict[str,
     cfg = base_config(name, config, "fp32", [Instances("KIND_CPU", count)], warmup_files)
     cfg.backend = "python"
     threads = max(1, (os.cpu_count() or 1) // count)
-    cfg.parameters["intra_op_threads"].string_value = str(threads)
+    cfg.parameters[THREADS_PARAMETER].string_value = str(threads)
     return cfg
 
 

@@ -27,6 +27,7 @@ from onerank_export import spec  # noqa: E402
 from onerank_export.config import OneRankConfig  # noqa: E402
 from onerank_export.errors import RequestError  # noqa: E402
 from onerank_export.export.ort_session import cpu_session  # noqa: E402
+from onerank_export.serving.parameters import CONFIG_PARAMETER, THREADS_PARAMETER  # noqa: E402
 
 
 def _client_error(message: str):
@@ -39,10 +40,10 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         model_config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
-        self.config = OneRankConfig.from_dict(json.loads(params["onerank.config"]), source="config.pbtxt")
+        self.config = OneRankConfig.from_dict(json.loads(params[CONFIG_PARAMETER]), source="config.pbtxt")
         self.max_batch = int(model_config["max_batch_size"])
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-        self.session = cpu_session(path, int(params.get("intra_op_threads", "1")), inter_op_threads=1)
+        self.session = cpu_session(path, int(params.get(THREADS_PARAMETER, "1")), inter_op_threads=1)
 
     def execute(self, requests: list) -> list:
         # Each request is scored on its own: a batch row is a whole ranking request, and requests

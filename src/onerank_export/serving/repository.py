@@ -24,12 +24,12 @@ from onerank_export.config import OneRankConfig
 from onerank_export.errors import StageError
 from onerank_export.io import sha256_file, write_text
 from onerank_export.serving import model_config as mcfg
+from onerank_export.serving.parameters import PLUGIN_PARAMETER
 from onerank_export.spec import random_request
 
 PRODUCTION_DIR = "model_repository"
 CPU_DIR = "model_repository_cpu"
 CPU_MODEL = "onerank"
-PLUGIN_PARAMETER = "onerank.plugin_library"  # path of the plugin relative to the build dir, for TensorRT models
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("python_model.py")
 
 

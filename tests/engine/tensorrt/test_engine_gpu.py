@@ -14,12 +14,13 @@ import pytest
 from onerank_export.engine.tensorrt.builder import build_engine
 from onerank_export.engine.tensorrt.plan_metadata import optimization_profile, read_plan_metadata
 from onerank_export.errors import RequestError
+from onerank_export.io import sha256_file
 from onerank_export.parity.cases import default_cases, invariance_case, shape_case
 from onerank_export.parity.runners import EagerDenseRunner
 from onerank_export.parity.suite import run_parity
 from onerank_export.parity.tensorrt_runner import TensorRTRunner
-from onerank_export.pipeline.manifest import sha256_file
-from onerank_export.precision import DEFAULT_TOLERANCES
+from onerank_export.pipeline.stages.engine import EngineStage
+from onerank_export.precision import DEFAULT_TOLERANCES, Precision
 
 pytestmark = pytest.mark.gpu
 
@@ -37,22 +38,16 @@ def timing_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def precision_onnx(demo_model, demo_fp32_onnx, tmp_path_factory):
-    """precision -> ONNX: fp32 from the export, fp16 / int8 from calibration/ when it exists."""
-    cache = {"fp32": demo_fp32_onnx}
+def precision_onnx(demo_fp32_onnx, calibrated):
+    """precision -> ONNX: fp32 from the export, fp16 / int8 from the shared calibration (minmax)."""
 
     def get(precision: str):
-        if precision not in cache:
-            try:
-                from onerank_export.pipeline.stages.precision import run_precision_stage
-            except ImportError as exc:
-                pytest.skip(f"{precision} ONNX needs onerank_export.calibration ({exc})")
-            result = run_precision_stage(precision, demo_fp32_onnx, demo_model, tmp_path_factory.mktemp(precision),
-                                         method="minmax", seed=0)
-            path = result.artifacts.get(f"onnx_{precision}")
-            assert path is not None and path.is_file(), result.verdict
-            cache[precision] = path
-        return cache[precision]
+        if Precision(precision) is Precision.FP32:
+            return demo_fp32_onnx
+        outcome = calibrated(precision, method="minmax")
+        # A failed gate writes no model; these tests need one, so that is a failure here, never a skip.
+        assert outcome.model_path is not None and outcome.model_path.is_file(), outcome.summary
+        return outcome.model_path
 
     return get
 
@@ -123,10 +118,7 @@ def test_runner_rejects_shapes_outside_the_profile(engines, plugin_library, demo
 
 
 def test_engine_stage_require_lists_the_files_it_built(demo_fp32_onnx, plugin_library, demo_model, tmp_path):
-    from onerank_export.pipeline.stages.engine import run_engine_stage
-
-    result = run_engine_stage({"fp32": demo_fp32_onnx}, tmp_path, demo_model.cfg, "require",
-                              plugin_library=plugin_library)
+    result = EngineStage("require", plugin_library).build({Precision.FP32: demo_fp32_onnx}, tmp_path, demo_model.cfg)
     assert result.status.value == "ok", result.verdict
     assert set(result.artifacts) == {"plugin_library", "engine_fp32", "plan_meta_fp32"}
     assert all(p.is_file() and tmp_path in p.parents for p in result.artifacts.values())

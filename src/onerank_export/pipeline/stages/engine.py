@@ -66,10 +66,7 @@ class EngineToolchain:
 def unavailable_reason_for(mode: EngineMode | str, toolchain: EngineToolchain = EngineToolchain()) -> str | None:
     """Why engines will not be built in this mode (None: they will); `require` where they cannot be
     built is a one-line StageError."""
-    try:
-        mode = EngineMode(mode)
-    except ValueError:
-        raise StageError(f"--engine {mode!r}: expected one of {', '.join(m.value for m in EngineMode)}") from None
+    mode = EngineMode.parse(mode)
     if mode is EngineMode.SKIP:
         return "--engine skip"
     reason = toolchain.unavailable_reason()
@@ -86,7 +83,7 @@ class EngineStage(Stage):
 
     def __init__(self, mode: EngineMode | str = EngineMode.AUTO, plugin_library: Path | None = None, *,
                  toolchain: EngineToolchain | None = None, progress: Progress = _stderr) -> None:
-        self.mode = EngineMode(mode)
+        self.mode = EngineMode.parse(mode)
         self.given_plugin = plugin_library
         self.toolchain = toolchain or EngineToolchain()
         self.progress = progress

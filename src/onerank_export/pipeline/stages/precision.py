@@ -37,7 +37,8 @@ class CalibrationInputs:
     def get(self, config: OneRankConfig, settings: CalibrationSettings, data: Path | None) -> CalibrationData:
         from onerank_export.calibration.data import prepare_data
 
-        key = (str(data), settings.num_requests, settings.eval_requests, settings.seed)
+        stamp = None if data is None else (str(Path(data).resolve()), Path(data).stat().st_mtime_ns)
+        key = (config.to_json(), stamp, settings.num_requests, settings.eval_requests, settings.seed)
         if key not in self._loaded:
             self._loaded[key] = prepare_data(config, settings, data)
         return self._loaded[key]

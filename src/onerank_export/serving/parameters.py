@@ -1,0 +1,10 @@
+"""Names the Triton model configs, the python-backend model and the client share.
+
+Imports nothing: the python-backend model reads them inside Triton's stub, and the CLI without
+loading a Triton client library."""
+
+PROTOCOLS = ("http", "grpc")
+CONFIG_PARAMETER = "onerank.config"  # the OneRank config as JSON: limits for clients and the python model
+PRECISION_PARAMETER = "onerank.precision"
+PLUGIN_PARAMETER = "onerank.plugin_library"  # path of the plugin relative to the build dir, for TensorRT models
+THREADS_PARAMETER = "intra_op_threads"  # ONNX Runtime threads of the python-backend model
