@@ -56,7 +56,7 @@ def _main(inputs: Path, outputs: Path) -> None:
     from onerank_export.engine.kernel import matching_score as kernel
 
     if not kernel.interpreter_active():
-        raise SystemExit("kernel_interpreter: TRITON_INTERPRET=1 was not in effect when triton was imported")
+        raise SystemExit("engine.kernel.interpreter: TRITON_INTERPRET=1 was not in effect when triton was imported")
     configs = {c.name: c for c in kernel.LAUNCH_CONFIGS}
     results = {}
     with np.load(inputs) as data:

@@ -113,7 +113,7 @@ def matching_score(z, r, valid, scale: float, *, config: LaunchConfig | None = N
 
     CUDA tensors are compiled and launched by Triton. CPU tensors run through Triton's interpreter,
     which must have been enabled (TRITON_INTERPRET=1) before triton was first imported; from a
-    process where it was not, use `kernel_interpreter.run_interpreted`, which starts one that is.
+    process where it was not, use `engine.kernel.interpreter.run_interpreted`, which starts one that is.
     `config=None` picks the configuration the plugin would pick for these pointers and D.
     """
     import torch
@@ -134,7 +134,8 @@ def matching_score(z, r, valid, scale: float, *, config: LaunchConfig | None = N
     on_cpu = r.device.type == "cpu"
     if on_cpu and not interpreter_active():
         raise StageError("the MatchingScore kernel runs on CPU tensors only under Triton's interpreter: set "
-                         "TRITON_INTERPRET=1 before triton is imported, or use kernel_interpreter.run_interpreted")
+                         "TRITON_INTERPRET=1 before triton is imported, or use "
+                         "engine.kernel.interpreter.run_interpreted")
     z, r = z.contiguous(), r.contiguous()
     valid_u8 = valid.to(torch.bool).contiguous().view(torch.uint8)
     out = torch.empty((b, n, k), dtype=torch.float32, device=r.device)
