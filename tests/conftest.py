@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if NEEDS_DEMO_CHECKPOINT in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-    gpu_items = [item for item in items if "gpu" in item.keywords]
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]  # not a parameter id "gpu"
     if not gpu_items:
         return
     reason = tensorrt_unavailable_reason()

@@ -27,18 +27,19 @@ def build(capsys, *argv):
 def test_build_writes_manifest_with_verified_artifacts(capsys, tiny_ckpt, tmp_path):
     out = tmp_path / "build"
     code, io = build(capsys, "--checkpoint", str(tiny_ckpt), "--out", str(out), "--precision", "none",
-                     "--no-triton", "--engine", "skip")
+                     "--no-triton", "--engine", "skip", "--target", "cpu")
     assert code == 0, io.err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["passed"] is True
-    assert [s["name"] for s in manifest["stages"]] == ["checkpoint", "export fp32", "parity", "engine"]
+    assert [s["name"] for s in manifest["stages"]] == ["checkpoint", "export fp32", "cpu onnx", "engine", "parity"]
     assert manifest["stages"][3]["verdict"] == "skipped: --engine skip"
+    assert manifest["options"]["target"] == "cpu" and manifest["options"]["serving_profile"] == "latency"
     assert manifest["config"]["d_model"] == 16 and manifest["versions"]["onnxruntime"]
     for artifact in manifest["artifacts"]:
         data = (out / artifact["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == artifact["sha256"] and len(data) == artifact["bytes"]
-    assert {a["path"] for a in manifest["artifacts"]} == {"onnx/onerank.fp32.onnx", "reports/parity.json",
-                                                          "reports/junit.xml"}
+    assert {a["path"] for a in manifest["artifacts"]} == {"onnx/onerank.fp32.onnx", "onnx/onerank.fp32.cpu.onnx",
+                                                          "reports/parity.json", "reports/junit.xml"}
     assert "skipped: --engine skip" in io.out
     # A second build replaces the first (it is ours) and leaves no temporary directories behind.
     code, _ = build(capsys, "--checkpoint", str(tiny_ckpt), "--out", str(out), "--precision", "none",
@@ -76,3 +77,31 @@ def test_failed_parity_gate_exits_1_but_leaves_a_complete_report(capsys, tiny_ck
     report = json.loads((out / "reports" / "parity.json").read_text())
     assert report["passed"] is False and report["counts"]["failed"] > 0
     assert "FAILED" in io.out
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_the_repository_fits_its_target_and_the_manifest_says_why(capsys, tiny_ckpt, tmp_path, target):
+    from onerank_export.serving.backend_rules import check_repository
+    from onerank_export.serving.model_config import read_config
+
+    out = tmp_path / "b"
+    code, io = build(capsys, "--checkpoint", str(tiny_ckpt), "--out", str(out), "--precision", "none",
+                     "--engine", "skip", "--target", target, "--serving-profile", "throughput")
+    assert code == 0, io.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    triton = next(s for s in manifest["stages"] if s["name"] == "triton")
+    assert triton["metrics"]["target"] == target and triton["metrics"]["target_reason"] == f"--target {target}"
+    assert triton["metrics"]["profile"] == "throughput" and triton["metrics"]["queue_delay_us"] == 200
+    repo = out / "model_repository"
+    assert check_repository(repo, target) == [] and not (out / "model_repository_cpu").exists()
+    kinds = {p.parent.name: {g.kind for g in read_config(p).instance_group} for p in repo.glob("*/config.pbtxt")}
+    assert all(len(k) == 1 for k in kinds.values()), kinds  # no model mixes GPU and CPU instances
+    parity = json.loads((out / "reports" / "parity.json").read_text())
+    served = [c for c in parity["cases"] if c["runner"] == "triton-ort:onerank_onnx_fp32"]
+    if target == "cpu":
+        assert sorted(kinds) == ["onerank", "onerank_onnx_fp32"]
+        assert served and all(c["status"] == "passed" for c in served)  # the served file, loaded as the backend
+        assert max(o["max_abs"] for c in served for o in c["outputs"]) <= 1e-5
+    else:
+        assert sorted(kinds) == ["onerank_onnx_fp32"] and not (out / "onnx" / "onerank.fp32.cpu.onnx").exists()
+        assert served and all(c["status"] == "skipped" and "CUDA" in c["reason"] for c in served)

@@ -17,15 +17,12 @@ from helpers import TINY, make_tiny_model, request
 
 from onerank_export.cli.main import main
 from onerank_export.errors import RequestError
-from onerank_export.export.onnx_export import export_onnx
-from onerank_export.model.checkpoint import save_checkpoint
 from onerank_export.parity.cases import default_cases
 from onerank_export.parity.runners import EagerDenseRunner
 from onerank_export.parity.suite import run_parity
 from onerank_export.parity.triton_runner import TritonRunner
 from onerank_export.serving.client import OneRankClient
-from onerank_export.serving.repository import CPU_DIR, write_model_repository
-from onerank_export.serving.server import TritonServer, free_port
+from onerank_export.serving.server import TritonServer, free_port, resolve_repository, servable_models
 
 pytestmark = pytest.mark.slow  # a real tritonserver per module, ~30 s on 2 cores
 
@@ -34,20 +31,16 @@ LOAD_CLIENTS = 8
 
 
 @pytest.fixture(scope="module")
-def build_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("build")
-    model = make_tiny_model()
-    save_checkpoint(model, out / "checkpoint")
-    (out / "onnx").mkdir()
-    export_onnx(model, out / "onnx" / "onerank.fp32.onnx")
-    result = write_model_repository(out, TINY, {"fp32": out / "onnx" / "onerank.fp32.onnx"}, {}, None)
-    assert result.cpu_model == "onerank" and result.models == ["onerank_onnx_fp32"]
-    return out
+def build_dir(cpu_build):
+    """A cpu-target build (tests/serving/conftest.py): the python-backend model and an onnxruntime_onnx one."""
+    load, skipped = servable_models(resolve_repository(cpu_build))
+    assert load == ["onerank"] and [name for name, _ in skipped] == ["onerank_onnx_fp32"]
+    return cpu_build
 
 
 @pytest.fixture(scope="module")
 def server(build_dir):
-    with TritonServer(build_dir / CPU_DIR, startup_timeout=90) as s:
+    with TritonServer(resolve_repository(build_dir), models=["onerank"], startup_timeout=90) as s:
         yield s
 
 
@@ -153,7 +146,7 @@ def test_verify_cli_with_no_server_fails_in_one_line(build_dir, tmp_path, capsys
 
 
 def test_serve_cli_starts_answers_and_stops_on_interrupt(build_dir):
-    (build_dir / "manifest.json").write_text("{}")  # a build dir: serve picks its CPU repository
+    assert (build_dir / "manifest.json").is_file()  # a build dir: serve picks its model_repository
     http, grpc = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "onerank_export.cli.main", "serve", "--repository",
                              str(build_dir), "--http-port", str(http), "--grpc-port", str(grpc)],
@@ -177,7 +170,8 @@ def test_serve_cli_starts_answers_and_stops_on_interrupt(build_dir):
             proc.wait()
 
 
-def test_serve_cli_refuses_a_repository_the_bundled_server_cannot_load(build_dir, capsys):
-    code = main(["serve", "--repository", str(build_dir / "model_repository")])
+def test_serve_cli_refuses_a_repository_the_bundled_server_cannot_load(gpu_repository, capsys):
+    code = main(["serve", "--repository", str(gpu_repository)])
     err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1 and "needs the onnxruntime_onnx backend" in err
+    assert code == 1 and err.count("\n") == 1 and "onerank_onnx_fp32 (platform onnxruntime_onnx)" in err
+    assert "has the python backend only" in err

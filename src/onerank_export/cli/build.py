@@ -11,6 +11,7 @@ from onerank_export.calibration.settings import METHODS
 from onerank_export.cli.common import CHECKPOINT_HELP, ConsoleUI, console, existing_dir
 from onerank_export.pipeline.options import EngineMode
 from onerank_export.precision import REDUCED
+from onerank_export.serving.profiles import PROFILES, TARGET_CHOICES
 
 NONE = "none"
 existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -33,13 +34,24 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--plugin", "plugin_library", type=existing_file,
               help="Prebuilt libonerank_plugins.so (default: build it with CMake when engines are built).")
 @click.option("--triton/--no-triton", default=True, show_default=True, help="Write the Triton model repository.")
+@click.option("--target", type=click.Choice(TARGET_CHOICES), default="auto", show_default=True,
+              help="Hardware of the Triton repository: gpu (KIND_GPU, TensorRT plans + ONNX Runtime), cpu (KIND_CPU, "
+                   "CPU-rewritten ONNX for Triton's ONNX Runtime backend + the python-backend model), auto: what "
+                   "this host has.")
+@click.option("--serving-profile", type=click.Choice(PROFILES), default="latency", show_default=True,
+              help="latency: one instance per model using every core, no batching delay; throughput: several "
+                   "instances sharing the cores, a 200 us batching delay.")
+@click.option("--instances", type=click.IntRange(1), help="Instances per model (overrides the profile).")
+@click.option("--threads", type=click.IntRange(1),
+              help="ONNX Runtime intra-op threads per CPU instance (overrides the profile).")
 @click.option("--tolerances", type=existing_file,
               help='JSON {"fp16": {"atol": 0.005}, ...} overriding per-precision parity tolerances.')
 @click.option("--force", is_flag=True, help="Replace --out even if it is not an earlier build.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration and parity requests.")
 def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calibration_method: str,
           calibration_data: Path | None, engine: str,
-          plugin_library: Path | None, triton: bool, tolerances: Path | None, force: bool, seed: int) -> int:
+          plugin_library: Path | None, triton: bool, target: str, serving_profile: str, instances: int | None,
+          threads: int | None, tolerances: Path | None, force: bool, seed: int) -> int:
     """Checkpoint -> ONNX (fp32, fp16, int8) -> parity -> TensorRT engines -> Triton repository + manifest."""
     from onerank_export.parity.verify import load_tolerances
     from onerank_export.pipeline.options import BuildOptions
@@ -52,7 +64,8 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
     options = BuildOptions(out=out, checkpoint=checkpoint, precisions=chosen, engine=engine,
                            plugin_library=plugin_library, triton=triton, calibration_method=calibration_method,
                            calibration_data=calibration_data, tolerances=load_tolerances(tolerances), force=force,
-                           seed=seed)
+                           seed=seed, target=target, serving_profile=serving_profile, instances=instances,
+                           threads=threads)
     outcome = run_build(options, ConsoleUI())
     verdict = "[green]passed[/]" if outcome.passed else "[bold red]FAILED[/]"
     console.print(f"build {verdict} in {time.perf_counter() - started:.0f} s: {outcome.out}/manifest.json")

@@ -17,6 +17,7 @@ in float64). Otherwise they stay as one Mul and one Add.
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -186,3 +187,20 @@ def _fold_affine(node: onnx.NodeProto, users: list, consts: dict, consumers: dic
         w_new, b_new = folded[w_key], folded[b_key]
         user.input[1] = w_new
         add.input[list(add.input).index(b_name)] = b_new
+
+
+REWRITE_KEY = "onerank.ort_cpu_rewrite"  # metadata of a model file written after the rewrite
+
+
+def write_ort_cpu_model(source: Path, target: Path) -> Path:
+    """The rewrite of `source` as a model file of its own (atomically), for servers that load a file
+    as it is: Triton's ONNX Runtime backend on a CPU fleet. `onnx.checker` validates it first."""
+    from onerank_export.export.metadata import model_metadata, set_model_metadata
+    from onerank_export.io import atomic_path
+
+    model = rewrite_for_ort_cpu(onnx.load(str(source)))
+    set_model_metadata(model, {**model_metadata(model), REWRITE_KEY: "layernorm-as-instancenorm/1"})
+    onnx.checker.check_model(model, full_check=True)
+    with atomic_path(target) as tmp:
+        onnx.save_model(model, str(tmp))
+    return target

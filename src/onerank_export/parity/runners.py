@@ -87,3 +87,37 @@ class OnnxRuntimeRunner(Runner):
 
     def deactivate_impl(self) -> None:
         self.session = None
+
+
+class TritonOrtBackendRunner(Runner):
+    """A model of a Triton repository opened as Triton's ONNX Runtime backend opens it: the file its
+    config names in the version directory, the session options its parameters set
+    (serving/ort_backend.py). What a CPU fleet's tritonserver serves, checked without one."""
+
+    def __init__(self, model_dir: str | Path, name: str | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        super().__init__(name or f"triton-ort:{self.model_dir.name}")
+        self.session = None
+        self.run_options = None
+
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        from onerank_export.serving.model_config import read_config
+        from onerank_export.serving.ort_backend import instance_kinds, session_like_onnxruntime_backend
+
+        if "KIND_GPU" in instance_kinds(read_config(self.model_dir / "config.pbtxt")):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RunnerUnavailable("a KIND_GPU model needs onnxruntime's CUDA provider, which this host lacks")
+            providers = ("CUDAExecutionProvider",)
+        else:
+            providers = ("CPUExecutionProvider",)
+        self.session, applied = session_like_onnxruntime_backend(self.model_dir, providers=providers)
+        self.run_options = applied.run_options()
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run(list(spec.OUTPUT_NAMES), dict(feed), self.run_options)
+        return dict(zip(spec.OUTPUT_NAMES, outputs, strict=True))
+
+    def deactivate_impl(self) -> None:
+        self.session = None

@@ -3,7 +3,8 @@
 Runner names say the backend and precision: `eager-serving`, `onnxruntime-<precision>` (the
 product's CPU rewrite, what the Triton CPU model serves), `onnxruntime-<precision>-canonical`
 (the file as written, what Triton's ONNX Runtime backend loads), `tensorrt-<precision>`, and
-`triton-<protocol>:<model>`. Only when two targets of one backend share a precision does
+`triton-<protocol>:<model>` for a live server, `triton-ort:<model>` for a repository's ONNX Runtime
+backend models opened as that backend opens them. Only when two targets of one backend share a precision does
 `:<file name>` (or the path, if the names agree too) follow, so names stay the same from build to
 verify. A plan's precision is read from the `<plan>.json` its build wrote, never from its name.
 """
@@ -21,7 +22,12 @@ from onerank_export.model.onerank import OneRankModel
 from onerank_export.parity.cases import ParityCase
 from onerank_export.parity.run import ProgressFn
 from onerank_export.parity.runner import Runner, RunnerUnavailable
-from onerank_export.parity.runners import EagerDenseRunner, EagerServingRunner, OnnxRuntimeRunner
+from onerank_export.parity.runners import (
+    EagerDenseRunner,
+    EagerServingRunner,
+    OnnxRuntimeRunner,
+    TritonOrtBackendRunner,
+)
 from onerank_export.parity.suite import ParityReport, Tolerances, run_parity
 from onerank_export.precision import Precision
 
@@ -37,6 +43,7 @@ class ParityTargets:
     triton_url: str | None = None
     triton_model: str | None = None  # None: the server's default CPU model
     protocol: str = "http"
+    repository: Path | None = None  # a Triton model repository: its ONNX Runtime backend models, loaded as it would
 
     @property
     def onnx_paths(self) -> list[Path]:
@@ -49,7 +56,7 @@ class ParityTargets:
 
     @property
     def empty(self) -> bool:
-        return not self.onnx and not self.plans and not self.triton_url
+        return not self.onnx and not self.plans and not self.triton_url and self.repository is None
 
 
 def plan_precision(plan: Path) -> Precision:
@@ -81,9 +88,26 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
 
         runners += [(TensorRTRunner(plan, plugin_library=targets.plugin, name=_named(n, "")), p)
                     for (plan, p), n in zip(plans, _names("tensorrt", plans), strict=True)]
+    if targets.repository is not None:
+        runners += repository_runners(Path(targets.repository))
     if targets.triton_url:
         runners.append((_triton_runner(targets), Precision.FP32))
     return runners
+
+
+def repository_runners(repository: Path) -> list[tuple[Runner, Precision]]:
+    """One runner per ONNX Runtime backend model of a Triton repository, at the precision its config records."""
+    from onerank_export.serving.model_config import read_config
+    from onerank_export.serving.parameters import PRECISION_PARAMETER
+
+    out: list[tuple[Runner, Precision]] = []
+    for config in sorted(repository.glob("*/config.pbtxt")):
+        cfg = read_config(config)
+        if cfg.platform != "onnxruntime_onnx" and cfg.backend != "onnxruntime":
+            continue
+        precision = Precision.parse(cfg.parameters[PRECISION_PARAMETER].string_value, what=f"{config}: precision")
+        out.append((TritonOrtBackendRunner(config.parent), precision))
+    return out
 
 
 def run_parity_suite(model: OneRankModel, runners: Sequence[tuple[Runner, Precision | str]],

@@ -44,6 +44,10 @@ class BuildOptions:
     tolerances: dict[Precision, Tolerance] = field(default_factory=dict)
     force: bool = False
     seed: int = 0
+    target: str = "auto"  # gpu | cpu | auto (what this host has): the hardware of the Triton repository
+    serving_profile: str = "latency"  # latency | throughput: instances, threads and batching delay
+    instances: int | None = None  # override the profile's instance count per model
+    threads: int | None = None  # override the profile's ONNX Runtime threads per CPU instance
 
     def __post_init__(self) -> None:
         # Accept the option strings too ("fp16", "auto"): Python callers need not import the enums.
@@ -63,4 +67,6 @@ class BuildOptions:
                 "triton": self.triton, "calibration_method": self.calibration_method, "seed": self.seed,
                 "calibration_data": str(self.calibration_data) if self.calibration_data else None,
                 "plugin_library": str(self.plugin_library) if self.plugin_library else None,
-                "tolerances": {p.value: {"atol": t.atol, "rtol": t.rtol} for p, t in self.tolerances.items()}}
+                "tolerances": {p.value: {"atol": t.atol, "rtol": t.rtol} for p, t in self.tolerances.items()},
+                "target": self.target, "serving_profile": self.serving_profile, "instances": self.instances,
+                "threads": self.threads}

@@ -15,9 +15,11 @@ from onerank_export.precision import Precision
 
 if TYPE_CHECKING:
     from onerank_export.model.onerank import OneRankModel
+    from onerank_export.serving.repository import ModelRepository
 
 # The fields of BuildState a stage may name in `requires` / `provides`.
 MODEL, ONNX, ENGINES, PLUGIN_LIBRARY = "model", "onnx", "engines", "plugin_library"
+ONNX_CPU, REPOSITORY = "onnx_cpu", "repository"
 
 
 @dataclass
@@ -30,6 +32,8 @@ class BuildState:
     onnx: dict[Precision, Path] = field(default_factory=dict)  # models written so far, by precision
     engines: dict[Precision, Path] = field(default_factory=dict)  # TensorRT plans, by precision
     plugin_library: Path | None = None
+    onnx_cpu: dict[Precision, Path] = field(default_factory=dict)  # after the exact CPU rewrite (cpu target)
+    repository: ModelRepository | None = None  # the Triton model repository, once written
 
     @property
     def config(self) -> OneRankConfig:

@@ -8,8 +8,6 @@ dims come from `spec.py` (the serving contract), never from a second list.
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -19,18 +17,14 @@ from onerank_export import spec
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import ConfigError
 from onerank_export.serving.parameters import CONFIG_PARAMETER, PRECISION_PARAMETER, THREADS_PARAMETER
+from onerank_export.serving.profiles import ServingPlan, Target
 
 # Requests are batched only when all their non-batch dims agree (Triton's rule for non-ragged inputs),
 # and each batch row is a whole request, so candidates of different requests never share a row.
-MAX_QUEUE_DELAY_US = 200
-
 _DTYPES = {"int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "bool": mc.TYPE_BOOL}
-
-
-@dataclass(frozen=True)
-class Instances:
-    kind: str  # "KIND_GPU" | "KIND_CPU"
-    count: int
+_KIND = {Target.GPU: "KIND_GPU", Target.CPU: "KIND_CPU"}
+# The ONNX Runtime backend's own parameter names (docs/triton.md, "Rules the schema does not express").
+ORT_INTRA_OP_THREADS, ORT_INTER_OP_THREADS = "intra_op_thread_count", "inter_op_thread_count"
 
 
 def io_tensors(config: OneRankConfig) -> tuple[list[mc.ModelInput], list[mc.ModelOutput]]:
@@ -44,15 +38,15 @@ def io_tensors(config: OneRankConfig) -> tuple[list[mc.ModelInput], list[mc.Mode
     return inputs, outputs
 
 
-def base_config(name: str, config: OneRankConfig, precision: str, instances: list[Instances],
+def base_config(name: str, config: OneRankConfig, precision: str, plan: ServingPlan,
                 warmup_files: dict[str, str] | None) -> mc.ModelConfig:
+    """Inputs/outputs from the spec, one instance group of the plan's target, batching and parameters."""
     inputs, outputs = io_tensors(config)
     cfg = mc.ModelConfig(name=name, max_batch_size=config.serving.max_batch_size, input=inputs, output=outputs)
-    cfg.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
-    for group in instances:
-        cfg.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(group.kind), count=group.count)
+    cfg.dynamic_batching.max_queue_delay_microseconds = plan.queue_delay_us
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(_KIND[plan.target]), count=plan.instances)
     cfg.parameters[CONFIG_PARAMETER].string_value = json.dumps(config.to_dict(), sort_keys=True)
-    cfg.parameters[PRECISION_PARAMETER].string_value = precision
+    cfg.parameters[PRECISION_PARAMETER].string_value = str(precision)
     if warmup_files:
         add_warmup(cfg, config, warmup_files)
     return cfg
@@ -68,32 +62,39 @@ def add_warmup(cfg: mc.ModelConfig, config: OneRankConfig, files: dict[str, str]
                                                           input_data_file=files[t.name]))
 
 
-def onnxruntime_config(name: str, config: OneRankConfig, precision: str,
+def onnxruntime_config(name: str, config: OneRankConfig, precision: str, plan: ServingPlan,
                        warmup_files: dict[str, str] | None = None) -> mc.ModelConfig:
-    """ONNX Runtime backend; the custom op runs from its FunctionProto, so no op library is needed."""
-    cfg = base_config(name, config, precision, [Instances("KIND_GPU", 1), Instances("KIND_CPU", 1)], warmup_files)
+    """Triton's ONNX Runtime backend; the custom op runs from its FunctionProto, so no op library is
+    needed. On the CPU the backend's own thread parameters carry the plan's threads."""
+    cfg = base_config(name, config, precision, plan, warmup_files)
     cfg.platform = "onnxruntime_onnx"
     cfg.default_model_filename = "model.onnx"
+    if plan.target is Target.CPU:
+        cfg.parameters[ORT_INTRA_OP_THREADS].string_value = str(plan.threads)
+        cfg.parameters[ORT_INTER_OP_THREADS].string_value = "1"  # one graph, run sequentially
     return cfg
 
 
-def tensorrt_config(name: str, config: OneRankConfig, precision: str,
+def tensorrt_config(name: str, config: OneRankConfig, precision: str, plan: ServingPlan,
                     warmup_files: dict[str, str] | None = None) -> mc.ModelConfig:
     """TensorRT plan; the server loads the plugin via --backend-config=tensorrt,plugins=<lib>."""
-    cfg = base_config(name, config, precision, [Instances("KIND_GPU", 1)], warmup_files)
+    if plan.target is not Target.GPU:
+        raise ConfigError(f"{name}: a TensorRT plan runs on a GPU only, not in a {plan.target}-target repository")
+    cfg = base_config(name, config, precision, plan, warmup_files)
     cfg.platform = "tensorrt_plan"
     cfg.default_model_filename = "model.plan"
     return cfg
 
 
-def python_onnx_config(name: str, config: OneRankConfig, warmup_files: dict[str, str] | None = None,
-                       instances: int | None = None) -> mc.ModelConfig:
-    """CPU serving variant: the python backend running the exported ONNX with ONNX Runtime."""
-    count = instances or max(1, min(2, os.cpu_count() or 1))
-    cfg = base_config(name, config, "fp32", [Instances("KIND_CPU", count)], warmup_files)
+def python_onnx_config(name: str, config: OneRankConfig, plan: ServingPlan,
+                       warmup_files: dict[str, str] | None = None) -> mc.ModelConfig:
+    """The python backend running the CPU-rewritten fp32 ONNX with ONNX Runtime (what the bundled
+    tritonserver here serves)."""
+    if plan.target is not Target.CPU:
+        raise ConfigError(f"{name}: the python-backend model runs on the CPU, not in a {plan.target}-target repository")
+    cfg = base_config(name, config, "fp32", plan, warmup_files)
     cfg.backend = "python"
-    threads = max(1, (os.cpu_count() or 1) // count)
-    cfg.parameters[THREADS_PARAMETER].string_value = str(threads)
+    cfg.parameters[THREADS_PARAMETER].string_value = str(plan.threads)
     return cfg
 
 

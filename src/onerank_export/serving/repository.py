@@ -1,10 +1,12 @@
-"""Write Triton model repositories from what `build` produced.
+"""Write the Triton model repository of a build, for its target (serving/profiles.py).
 
-    DIR/model_repository/        production (GPU hosts): one model per artifact
-        onerank_trt_<precision>/     platform tensorrt_plan, 1/model.plan
-        onerank_onnx_<precision>/    platform onnxruntime_onnx, 1/model.onnx
-    DIR/model_repository_cpu/    what the bundled CPU tritonserver (python backend) serves
-        onerank/                     python backend running the fp32 ONNX with ONNX Runtime
+    DIR/model_repository/            target gpu: every instance group KIND_GPU
+        onerank_trt_<precision>/         platform tensorrt_plan, 1/model.plan (where engines were built)
+        onerank_onnx_<precision>/        platform onnxruntime_onnx, 1/model.onnx (as exported)
+    DIR/model_repository/            target cpu: every instance group KIND_CPU
+        onerank/                         python backend running the CPU-rewritten fp32 ONNX (serves here)
+        onerank_onnx_<precision>/        platform onnxruntime_onnx, 1/model.onnx (CPU-rewritten), for
+                                         Triton's own ONNX Runtime backend with the plan's thread counts
 
 Every config is built as a ModelConfig protobuf, written as text, then parsed back through the
 schema and compared, so what lands on disk is exactly what was validated.
@@ -25,55 +27,75 @@ from onerank_export.errors import StageError
 from onerank_export.io import sha256_file, write_text
 from onerank_export.serving import model_config as mcfg
 from onerank_export.serving.parameters import PLUGIN_PARAMETER
+from onerank_export.serving.profiles import ServingPlan, Target
 from onerank_export.spec import random_request
 
-PRODUCTION_DIR = "model_repository"
-CPU_DIR = "model_repository_cpu"
+REPOSITORY_DIR = "model_repository"
 CPU_MODEL = "onerank"
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("python_model.py")
 
 
 @dataclass(frozen=True)
-class ModelRepositories:
+class ModelRepository:
     """What `write_model_repository` wrote: model names and every file, by manifest role."""
 
-    models: list[str]  # in the production repository
-    cpu_model: str  # in the CPU repository
+    path: Path
+    plan: ServingPlan
+    models: list[str]
+    python_model: str | None  # the model the bundled tritonserver here can serve (cpu target)
     tensorrt_models: int
     onnx_models: int
     artifacts: dict[str, Path]
 
 
-def write_model_repository(out_dir: Path, config: OneRankConfig, onnx: Mapping[str, Path],
-                           engines: Mapping[str, Path], plugin_library: Path | None) -> ModelRepositories:
-    """Both repositories under `out_dir`, every config validated; needs the fp32 ONNX."""
-    if "fp32" not in onnx:
-        raise StageError("no fp32 ONNX to serve: the CPU repository runs the fp32 model")
-    if engines and plugin_library is None:
-        raise StageError(f"engine {next(iter(engines.values())).name} needs the plugin library, none was built")
-    artifacts: dict[str, Path] = {}
-    prod = out_dir / PRODUCTION_DIR
-    warm = warmup_request(config)
-    models = []
-    for precision, plan in sorted(engines.items()):
-        name = f"onerank_trt_{precision}"
-        cfg = mcfg.tensorrt_config(name, config, precision, write_warmup(prod / name, warm))
-        cfg.parameters[PLUGIN_PARAMETER].string_value = str(plugin_library.relative_to(out_dir))
-        cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = sha256_file(plugin_library)
-        artifacts |= _write_model(prod / name, cfg, {"model.plan": plan})
-        models.append(name)
-    for precision, path in sorted(onnx.items()):
-        name = f"onerank_onnx_{precision}"
-        cfg = mcfg.onnxruntime_config(name, config, precision, write_warmup(prod / name, warm))
-        artifacts |= _write_model(prod / name, cfg, {"model.onnx": path})
-        models.append(name)
-    plugin = str(plugin_library.relative_to(out_dir)) if plugin_library is not None and engines else None
-    write_text(prod / "README.md", launch_notes(plugin))
+def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPlan, onnx: Mapping[str, Path],
+                           engines: Mapping[str, Path], plugin_library: Path | None, *,
+                           cpu_onnx: Mapping[str, Path] | None = None) -> ModelRepository:
+    """`out_dir`/model_repository for `plan.target`, every config validated.
 
-    cpu_cfg = mcfg.python_onnx_config(CPU_MODEL, config, write_warmup(out_dir / CPU_DIR / CPU_MODEL, warm))
-    artifacts |= _write_model(out_dir / CPU_DIR / CPU_MODEL, cpu_cfg,
-                              {"model.onnx": onnx["fp32"], "model.py": PYTHON_MODEL_SOURCE})
-    return ModelRepositories(models, CPU_MODEL, len(engines), len(onnx), artifacts)
+    `onnx`: the models as exported (gpu target); `cpu_onnx`: the same models after the exact CPU
+    rewrite (export/ort_cpu_graph.py), which a cpu-target repository serves."""
+    repo = out_dir / REPOSITORY_DIR
+    # Everything that can be refused is refused before the first file is written.
+    if plan.target is Target.GPU:
+        served = dict(onnx)
+        if engines and plugin_library is None:
+            raise StageError(f"engine {next(iter(engines.values())).name} needs the plugin library, none was built")
+    else:
+        served = dict(cpu_onnx or {})
+        missing = sorted(set(onnx) - set(served))
+        if missing:
+            raise StageError(f"no CPU-rewritten ONNX for {', '.join(map(str, missing))}: a cpu-target repository "
+                             "serves the models after the exact CPU rewrite")
+    if "fp32" not in served:
+        raise StageError("no fp32 ONNX to serve")
+    warm = warmup_request(config)
+    artifacts: dict[str, Path] = {}
+    models: list[str] = []
+    if plan.target is Target.GPU:
+        for precision, path in sorted(engines.items()):
+            name = f"onerank_trt_{precision}"
+            cfg = mcfg.tensorrt_config(name, config, precision, plan, write_warmup(repo / name, warm))
+            cfg.parameters[PLUGIN_PARAMETER].string_value = str(plugin_library.relative_to(out_dir))
+            cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = sha256_file(plugin_library)
+            artifacts |= _write_model(repo / name, cfg, {"model.plan": path})
+            models.append(name)
+    for precision, path in sorted(served.items()):
+        name = f"onerank_onnx_{precision}"
+        cfg = mcfg.onnxruntime_config(name, config, precision, plan, write_warmup(repo / name, warm))
+        artifacts |= _write_model(repo / name, cfg, {"model.onnx": path})
+        models.append(name)
+    python_model = None
+    if plan.target is Target.CPU:
+        cfg = mcfg.python_onnx_config(CPU_MODEL, config, plan, write_warmup(repo / CPU_MODEL, warm))
+        files = {"model.onnx": served["fp32"], "model.py": PYTHON_MODEL_SOURCE}
+        artifacts |= _write_model(repo / CPU_MODEL, cfg, files)
+        models.append(CPU_MODEL)
+        python_model = CPU_MODEL
+    plugin = str(plugin_library.relative_to(out_dir)) if plugin_library is not None and engines else None
+    artifacts["triton_readme"] = write_text(repo / "README.md", launch_notes(plan, plugin))
+    return ModelRepository(repo, plan, models, python_model, len(engines) if plan.target is Target.GPU else 0,
+                           len(served), artifacts)
 
 
 def warmup_request(config: OneRankConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -114,21 +136,27 @@ def _write_model(model_dir: Path, cfg, files: dict[str, Path]) -> dict[str, Path
 def _warmup_bytes(cfg, name: str) -> int:
     warm = cfg.model_warmup[0].inputs[name]
     dtype = next(t for t in spec.INPUTS if t.name == name).np_dtype
-    return int(np.prod(list(warm.dims))) * cfg.model_warmup[0].batch_size * dtype.itemsize
+    return int(np.prod(list(warm.dims))) * dtype.itemsize  # one sample per file, whatever batch_size says
 
 
-def launch_notes(plugin: str | None) -> str:
+def launch_notes(plan: ServingPlan, plugin: str | None) -> str:
     """The repository's README: how to serve it; `plugin` is the library's path relative to the build."""
+    head = (f"# OneRank model repository (target {plan.target}, profile {plan.profile})\n\n"
+            "Written by `onerank-export build`; every config.pbtxt was validated with Triton's ModelConfig schema\n"
+            f"and the rules of its backend. {plan.target_reason}. Each model has {plan.instances} instance(s)")
+    head += (f" x {plan.threads} ONNX Runtime thread(s)" if plan.threads else "") + \
+        f" and a {plan.queue_delay_us} us batching delay.\n\n"
+    if plan.target is Target.CPU:
+        return (head + "Serve it on a CPU host with NVIDIA's Triton container (onnxruntime and python backends):\n\n"
+                "    tritonserver --model-repository $PWD/model_repository\n\n"
+                "`onerank-export serve --repository <build dir>` serves the python-backend model `onerank` here\n"
+                "with the bundled tritonserver, which has no ONNX Runtime backend.\n")
     plugin_notes = ("\nTensorRT models need the OneRank plugin loaded by the server:\n\n"
                     "    tritonserver --model-repository $PWD/model_repository \\\n"
                     f"        --backend-config=tensorrt,plugins=$PWD/{plugin}\n"
                     f"\n(or LD_PRELOAD=$PWD/{plugin}). Each TensorRT model records the plugin's\n"
                     f"relative path and sha256 in its `{PLUGIN_PARAMETER}` parameters.\n")
-    return ("# OneRank model repository (production)\n\n"
-            "Written by `onerank-export build`; every config.pbtxt was validated with Triton's ModelConfig schema.\n"
-            "Serve on a GPU host with NVIDIA's Triton container (onnxruntime and tensorrt backends):\n\n"
+    return (head + "Serve it on a GPU host with NVIDIA's Triton container (onnxruntime and tensorrt backends):\n\n"
             "    tritonserver --model-repository $PWD/model_repository\n"
             + (plugin_notes if plugin else "")
-            + "\nONNX models have one GPU and one CPU instance group; remove the one your host does not have.\n"
-            "For a CPU-only host, serve ../model_repository_cpu (python backend + ONNX Runtime) with\n"
-            "`onerank-export serve --repository <build dir>`.\n")
+            + "\nFor a CPU-only host, build with `--target cpu`.\n")

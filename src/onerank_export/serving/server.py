@@ -3,22 +3,39 @@
 The two set-up steps that binary needs are done here, without touching site-packages: a backend
 directory in the user cache holds links to pytriton's python backend plus the stub for this
 Python version, and the wheel's bundled libraries go on LD_LIBRARY_PATH.
+
+That server has no other backend, so `servable_models` splits a repository into the models it
+loads (python backend) and the ones it skips, and the server starts in explicit model-control
+mode with exactly those. Stopping is bounded: see `TritonServer.stop`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from onerank_export.errors import StageError
 
 LOOPBACK = "127.0.0.1"
+# tritonserver's --exit-timeout-secs (default 30). After SIGINT/SIGTERM it first waits, one second at a time, for
+# every open HTTP connection to close (an idle keep-alive client never does), then for in-flight inferences and
+# the models' unload, all out of this one budget; when it runs out the server exits with code 1 regardless
+# (server src/main.cc, http_server.cc HTTPServer::Stop; core src/server.cc InferenceServer::Stop).
+# 3 s covers the python-backend unload measured here (~2.5 s) and keeps `serve` under the issue's 5 s.
+EXIT_TIMEOUT_S = 3
+# After the exit timeout: the time tritonserver gets to tear down before its process group is killed.
+KILL_GRACE_S = 1.5
+PYTHON_BACKEND = "python"
 
 
 def pytriton_root() -> Path:
@@ -64,13 +81,23 @@ class TritonServer:
     """A tritonserver process on loopback; a context manager that waits for readiness and stops it."""
 
     def __init__(self, repository: Path, http_port: int | None = None, grpc_port: int | None = None,
-                 log_file: Path | None = None, startup_timeout: float = 120.0) -> None:
+                 log_file: Path | None = None, startup_timeout: float = 120.0,
+                 models: Sequence[str] | None = None, exit_timeout: int = EXIT_TIMEOUT_S) -> None:
+        """`models`: load exactly these (explicit model control); None loads every model in the repository,
+        which then must all have a backend this server has (`servable_models` says which do)."""
+        if models is not None and not models:
+            raise StageError(f"{repository}: no model to load")
+        if exit_timeout < 0:
+            raise StageError(f"exit timeout {exit_timeout} s: must be >= 0")
         self.repository = Path(repository).resolve()
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.startup_timeout = startup_timeout
+        self.models = None if models is None else list(models)
+        self.exit_timeout = exit_timeout
         self.log_file = log_file
         self.process: subprocess.Popen | None = None
+        self._stopped = False
         self._log_handle = None
 
     @property
@@ -87,7 +114,16 @@ class TritonServer:
                 "--backend-directory", str(backend_directory()),
                 "--http-address", LOOPBACK, "--http-port", str(self.http_port),
                 "--grpc-address", LOOPBACK, "--grpc-port", str(self.grpc_port),
-                "--allow-metrics", "false", "--strict-readiness", "true", "--exit-on-error", "true"]
+                "--allow-metrics", "false", "--strict-readiness", "true", "--exit-on-error", "true",
+                "--exit-timeout-secs", str(self.exit_timeout),
+                *self._model_control()]
+
+    def _model_control(self) -> list[str]:
+        # Explicit mode loads only the --load-model names, so models of backends this server lacks are never
+        # attempted; with --strict-readiness, /v2/health/ready then waits for exactly those.
+        if self.models is None:
+            return []
+        return ["--model-control-mode", "explicit", *(f"--load-model={name}" for name in self.models)]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -106,8 +142,12 @@ class TritonServer:
             os.close(fd)
             self.log_file = Path(name)
         self._log_handle = open(self.log_file, "wb")  # noqa: SIM115 - lives as long as the server
+        self._stopped = False
+        # A session of its own: a Ctrl-C in the terminal reaches only our process, which then stops the server
+        # with a bounded stop (`stop`) instead of tritonserver and its stubs each reacting on their own.
         self.process = subprocess.Popen(self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT,
-                                        env=self.environment(), start_new_session=True)
+                                        env=self.environment(), start_new_session=True,
+                                        preexec_fn=_stop_with_parent(os.getpid()))
         try:
             self.wait_ready()
         except BaseException:
@@ -116,18 +156,15 @@ class TritonServer:
         return self
 
     def wait_ready(self) -> None:
+        """Until the server and every requested model answer ready (or the process exits: a load error)."""
         deadline = time.monotonic() + self.startup_timeout
-        url = f"http://{self.http_url}/v2/health/ready"
+        paths = ["/v2/health/ready", *(f"/v2/models/{name}/ready" for name in self.models or ())]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise StageError(f"tritonserver exited with code {self.process.returncode} while loading "
                                  f"{self.repository}: {self.last_error()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
+            if all(_answers_ok(f"http://{self.http_url}{path}") for path in paths):
+                return
             time.sleep(0.25)
         raise StageError(f"tritonserver not ready after {self.startup_timeout:.0f} s; see {self.log_file}")
 
@@ -166,17 +203,31 @@ class TritonServer:
                 continue
         return total
 
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
+    def stop(self) -> int | None:
+        """Stop within `exit_timeout + KILL_GRACE_S` seconds; the server's exit code (None: never started).
+
+        SIGINT is tritonserver's graceful stop (SIGTERM is handled identically, server src/triton_signal.cc):
+        it stops accepting connections, lets in-flight requests finish and unloads the models, for at most
+        its exit timeout, then exits (code 1 when that timeout ran out, e.g. an idle keep-alive client held
+        a connection). A second signal is ignored by tritonserver, so the bound is enforced here: SIGKILL to
+        the process group, which also holds the python-backend stubs.
+        """
+        if self.process is None or self._stopped:
+            return None if self.process is None else self.process.returncode
+        self._stopped = True
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(self.exit_timeout + KILL_GRACE_S)
+        # Also after a clean exit: stubs orphaned by an expired exit timeout must not outlive the server.
+        # The group id cannot be reused while any of its members lives, so this reaches only our processes.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        code = self.process.wait()
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
+        return code
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -185,29 +236,78 @@ class TritonServer:
         self.stop()
 
 
+def _stop_with_parent(parent: int):
+    """A pre-exec hook: the server gets SIGTERM when the thread that started it dies, even by SIGKILL, so a
+    killed `serve` cannot leave a server holding its ports (Linux prctl PR_SET_PDEATHSIG; None elsewhere).
+    So start a long-lived server from a thread that lives as long as it should."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork: no loader lock in the child
+    except (OSError, AttributeError):
+        return None
+
+    def hook() -> None:
+        prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return hook
+
+
+def _answers_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:  # refused, timed out, or an HTTP error status (not ready yet)
+        return False
+
+
 def resolve_repository(path: Path) -> Path:
-    """A build dir serves its CPU repository; a repository dir serves itself."""
-    from onerank_export.serving.repository import CPU_DIR
+    """A build dir (it has manifest.json) serves its model_repository/; a repository dir serves itself."""
+    from onerank_export.serving.repository import REPOSITORY_DIR
 
     path = Path(path)
-    if (path / "manifest.json").is_file() and (path / CPU_DIR).is_dir():
-        return path / CPU_DIR
     if not path.is_dir():
         raise StageError(f"{path}: not a directory; pass a build dir or a model repository")
-    models = [p for p in path.iterdir() if (p / "config.pbtxt").is_file()]
-    if not models:
+    if (path / "manifest.json").is_file():
+        if not (path / REPOSITORY_DIR).is_dir():
+            raise StageError(f"{path}: build directory without {REPOSITORY_DIR}/; run `onerank-export build`")
+        path = path / REPOSITORY_DIR
+    if not _model_dirs(path):
         raise StageError(f"{path}: no model directories with config.pbtxt; pass a build dir or a model repository")
-    _check_backends(models)
     return path
 
 
-def _check_backends(models: list[Path]) -> None:
-    from onerank_export.serving.model_config import read_config
+def _model_dirs(repository: Path) -> list[Path]:
+    return sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file())
 
-    for model in sorted(models):
+
+def servable_models(repository: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """(models the bundled tritonserver loads, [(model, why it is skipped)]), by each config's backend.
+
+    A cpu-target repository also holds `onnxruntime_onnx` models for production CPU fleets; they are
+    skipped here, not refused. A repository with no python-backend model (a gpu-target build) is a
+    one-line error naming its target and what to do instead.
+    """
+    from onerank_export.serving.model_config import mc, read_config
+
+    load: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    kinds: set[int] = set()
+    for model in _model_dirs(repository):
         cfg = read_config(model / "config.pbtxt")
-        if cfg.backend != "python":
-            kind = cfg.platform or cfg.backend
-            raise StageError(f"{model.name}: needs the {kind} backend, which the bundled tritonserver lacks "
-                             "(python backend only); serve the build's model_repository_cpu here, or this "
-                             "repository with NVIDIA's Triton container")
+        kinds |= {group.kind for group in cfg.instance_group}
+        if cfg.backend == PYTHON_BACKEND:
+            load.append(model.name)  # --load-model takes the directory name, which Triton requires = cfg.name
+            continue
+        kind = f"platform {cfg.platform}" if cfg.platform else f"backend {cfg.backend or 'unset'}"
+        skipped.append((model.name, f"{kind}: the bundled tritonserver has the python backend only; serve this "
+                                    "repository with NVIDIA's Triton container to load it"))
+    if not load:
+        target = {frozenset({mc.ModelInstanceGroup.KIND_GPU}): "a gpu-target repository",
+                  frozenset({mc.ModelInstanceGroup.KIND_CPU}): "a cpu-target repository"}.get(frozenset(kinds),
+                                                                                          "a repository")
+        models = ", ".join(f"{name} ({why.split(':')[0]})" for name, why in skipped)
+        raise StageError(f"{repository}: {target} with no python-backend model ({models}), and the bundled "
+                         "tritonserver has the python backend only; serve it with NVIDIA's Triton container "
+                         "(see its README.md), or `onerank-export build --target cpu` for a repository that "
+                         "`onerank-export serve` runs here")
+    return load, skipped

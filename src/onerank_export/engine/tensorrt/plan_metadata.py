@@ -97,7 +97,7 @@ _CU_COMPUTE_CAPABILITY_MINOR = 76
 
 def cuda_device_identity(ordinal: int = 0) -> tuple[str, str]:
     """(name, "major.minor") of a CUDA device, through the driver API: TensorRT has no call for it."""
-    from onerank_export.engine.tensorrt.availability import load_libcuda
+    from onerank_export.host import load_libcuda
 
     cuda = load_libcuda()
     if cuda is None:

@@ -1,6 +1,8 @@
 """The stages of `build`, in order. docs/architecture.md has the table of what each requires and provides.
 
-    checkpoint -> export fp32 -> fp16 -> int8 -> parity -> engine -> triton
+    checkpoint -> export fp32 -> fp16 -> int8 -> cpu onnx -> engine -> triton -> parity
+
+Parity runs last so it checks what the repository serves, loaded as Triton's backend loads it.
 """
 
 from __future__ import annotations
@@ -14,16 +16,22 @@ if TYPE_CHECKING:
 
 def plan_stages(options: BuildOptions) -> list[Stage]:
     from onerank_export.pipeline.stages.checkpoint import CheckpointStage
+    from onerank_export.pipeline.stages.cpu_onnx import CpuOnnxStage
     from onerank_export.pipeline.stages.engine import EngineStage
     from onerank_export.pipeline.stages.export import ExportStage
     from onerank_export.pipeline.stages.parity import ParityStage
     from onerank_export.pipeline.stages.precision import CalibrationInputs, PrecisionStage
     from onerank_export.pipeline.stages.triton import TritonStage
+    from onerank_export.serving.profiles import choose_target, serving_plan
 
+    # The target and profile are decided (and a bad value refused) here, in preflight, once for all stages.
+    target, why = choose_target(options.target)
+    plan = serving_plan(target, why, options.serving_profile, instances=options.instances, threads=options.threads)
     inputs = CalibrationInputs()  # one validated load of the calibration data, shared by both precisions
     stages: list[Stage] = [CheckpointStage(), ExportStage()]
     stages += [PrecisionStage(p, inputs) for p in options.precisions]
-    stages += [ParityStage(), EngineStage(options.engine, options.plugin_library)]
+    stages += [CpuOnnxStage(plan), EngineStage(options.engine, options.plugin_library)]
     if options.triton:
-        stages.append(TritonStage())
+        stages.append(TritonStage(plan))
+    stages.append(ParityStage())
     return stages

@@ -1,8 +1,10 @@
 """Stage `parity`: every model of the build against eager PyTorch on seeded cases and invariances.
 
-The same runners as `onerank-export verify` (parity/targets.py): each ONNX model as the Triton CPU
-model runs it (after the CPU rewrite) and as Triton's ONNX Runtime backend loads it (canonical).
-A mismatch fails the stage (exit 1) after reports/parity.json and junit.xml are written.
+The same runners as `onerank-export verify` (parity/targets.py): each ONNX model as the product's CPU
+sessions run it (after the CPU rewrite) and as exported (canonical), and every ONNX Runtime backend
+model of the repository just written, opened as Triton's backend opens it (file, session options
+from its config). It runs last so it checks what is served. A mismatch fails the stage (exit 1)
+after reports/parity.json and junit.xml are written.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ REPORTS_DIR = "reports"
 
 class ParityStage(Stage):
     name = "parity"
-    requires = (MODEL, ONNX)
+    requires = (MODEL, ONNX)  # and the repository, when a triton stage ran before
 
     def run(self, state: BuildState) -> StageResult:
         from onerank_export.parity.cases import default_cases, invariance_case
@@ -24,7 +26,8 @@ class ParityStage(Stage):
         from onerank_export.parity.targets import ParityTargets, build_runners, run_parity_suite
 
         cfg, seed = state.config, state.options.seed
-        runners = build_runners(state.model, ParityTargets(onnx=dict(state.onnx)))
+        repository = state.repository.path if state.repository is not None else None
+        runners = build_runners(state.model, ParityTargets(onnx=dict(state.onnx), repository=repository))
         report = run_parity_suite(state.model, runners, default_cases(cfg, seed), state.options.tolerances,
                                   invariance_case=invariance_case(cfg, seed))
         parity_json, parity_junit = write_reports(report, state.work / REPORTS_DIR)

@@ -1,27 +1,41 @@
-"""Stage `triton`: the Triton model repositories (production and CPU) from what the build produced."""
+"""Stage `triton`: the Triton model repository for the build's target, every config validated by
+Triton's schema and by the rules of its backend that the schema does not express."""
 
 from __future__ import annotations
 
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
-from onerank_export.pipeline.state import ENGINES, ONNX, PLUGIN_LIBRARY, BuildState
+from onerank_export.pipeline.state import ENGINES, ONNX, ONNX_CPU, PLUGIN_LIBRARY, REPOSITORY, BuildState
 from onerank_export.precision import Precision
+from onerank_export.serving.profiles import ServingPlan
 
 
 class TritonStage(Stage):
     name = "triton"
-    requires = (ONNX, ENGINES, PLUGIN_LIBRARY)
+    requires = (ONNX, ONNX_CPU, ENGINES, PLUGIN_LIBRARY)
+    provides = (REPOSITORY,)
+
+    def __init__(self, plan: ServingPlan) -> None:
+        self.plan = plan
 
     def run(self, state: BuildState) -> StageResult:
-        from onerank_export.serving.repository import CPU_DIR, PRODUCTION_DIR, write_model_repository
+        from onerank_export.serving.backend_rules import check_repository
+        from onerank_export.serving.repository import write_model_repository
 
         if Precision.FP32 not in state.onnx:
             return StageResult.skipped(self.name, "no fp32 ONNX to serve")
-        repos = write_model_repository(state.work, state.config, dict(state.onnx), dict(state.engines),
-                                       state.plugin_library)
-        engines = f"{repos.tensorrt_models} TensorRT" if repos.tensorrt_models else "no TensorRT (no engines built)"
+        repo = write_model_repository(state.work, state.config, self.plan, dict(state.onnx), dict(state.engines),
+                                      state.plugin_library, cpu_onnx=dict(state.onnx_cpu))
+        state.repository = repo
+        metrics = {"models": repo.models, "python_model": repo.python_model, **self.plan.describe()}
+        problems = check_repository(repo.path, self.plan.target.value)
+        if problems:
+            return StageResult(self.name, Status.FAILED, f"{len(problems)} backend rule(s) broken, first: "
+                               f"{problems[0]}", repo.artifacts, metrics)
+        plan = self.plan
+        threads = f" x {plan.threads} thread(s)" if plan.threads else ""
         return StageResult(self.name, Status.OK,
-                           f"{PRODUCTION_DIR}/ {len(repos.models)} models ({engines}, {repos.onnx_models} ONNX "
-                           f"Runtime); {CPU_DIR}/{repos.cpu_model} python backend; every config.pbtxt parsed with "
-                           "Triton's ModelConfig", repos.artifacts,
-                           {"models": repos.models, "cpu_model": repos.cpu_model})
+                           f"model_repository/ target {plan.target} ({plan.target_reason.split(': ')[-1]}), "
+                           f"profile {plan.profile}: {len(repo.models)} models ({', '.join(repo.models)}), "
+                           f"{plan.instances} instance(s){threads} each; every config.pbtxt parsed with Triton's "
+                           "ModelConfig and checked against its backend's rules", repo.artifacts, metrics)

@@ -1,0 +1,24 @@
+"""What this host has: a CUDA device or not, asked of the NVIDIA driver directly (no CUDA library of
+ours), so `--target auto`, `--engine auto`, the TensorRT runner and the `gpu` test marker agree."""
+
+from __future__ import annotations
+
+import ctypes
+
+
+def load_libcuda() -> ctypes.CDLL | None:
+    """The CUDA driver library, or None where no NVIDIA driver is installed."""
+    for lib in ("libcuda.so.1", "libcuda.so"):
+        try:
+            return ctypes.CDLL(lib)
+        except OSError:
+            continue
+    return None
+
+
+def cuda_device_present() -> bool:
+    cuda = load_libcuda()
+    if cuda is None or cuda.cuInit(0) != 0:
+        return False
+    count = ctypes.c_int(0)
+    return cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
