@@ -88,6 +88,33 @@ def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(server, pro
     assert server.process.poll() is None
 
 
+def test_concurrent_requests_batched_together_each_get_their_own_scores(server):
+    """Requests of one shape that arrive together run as one ONNX Runtime call in the python model
+    (the throughput profile's batching delay lets them meet); each answer must be its own request's
+    scores, and a bad request among them gets its own error without failing the others."""
+    model = make_tiny_model()
+    feeds = [request(TINY, 1 + i % 2, 20, 33, seed=100 + i) for i in range(12)]
+    expected = []
+    with EagerDenseRunner(model) as eager:
+        expected = [eager.infer(f)["scores"] for f in feeds]
+    bad = {**feeds[0], "cand_item_ids": np.full_like(feeds[0]["cand_item_ids"], TINY.item_vocab_size)}
+
+    def send(i: int):
+        with OneRankClient(server.http_url, validate=False) as client:
+            if i == len(feeds):
+                with pytest.raises(RequestError, match="item_vocab_size"):
+                    client.score(bad)
+                return None
+            return client.score(feeds[i])
+
+    for _ in range(3):  # several rounds: batching is up to timing
+        with concurrent.futures.ThreadPoolExecutor(len(feeds) + 1) as pool:
+            got = list(pool.map(send, range(len(feeds) + 1)))
+        for i, scores in enumerate(got[:-1]):
+            assert scores.shape == expected[i].shape
+            assert float(np.abs(scores - expected[i]).max()) <= 1e-5, i
+
+
 def test_bounded_load_run_has_no_errors_and_no_memory_growth(server):
     feeds = [request(TINY, 1, int(L), int(N), seed=i) for i, (L, N) in
              enumerate(zip(np.linspace(1, 64, 16), np.linspace(1, 64, 16)[::-1], strict=True))]

@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from hostinfo import cpu_model, measure_peak_gflops
+
 SWEEP = [(256, 128), (256, 512), (256, 2048), (64, 512), (1024, 512)]  # (L, N)
 # eager-dense runs twice: as it comes, and with denormals flushed (the ORT sessions flush them,
 # see export/ort_session.py); the faster of the two is the reference the ratios are taken against.
@@ -39,21 +42,6 @@ def bench_config():
     from onerank_export.config import OneRankConfig
 
     return OneRankConfig(max_hist_len=1024, max_candidates=2048)
-
-
-def measure_peak_gflops(threads: int) -> float:
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(10):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 1024**3 / best / 1e9
 
 
 def count_flops(fn) -> int:
@@ -170,7 +158,7 @@ def main() -> int:
     console = Console(width=140)
     args.out.mkdir(parents=True, exist_ok=True)
     peak = measure_peak_gflops(THREADS)
-    console.print(f"matmul peak (torch fp32 1024^3, {THREADS} threads): {peak:.1f} GFLOP/s")
+    console.print(f"CPU: {cpu_model()}; matmul peak (torch fp32 1024^3, {THREADS} threads): {peak:.1f} GFLOP/s")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx_paths = export_bench_onnx(Path(tmp), ["fp32", "fp16", "int8"])
@@ -216,7 +204,7 @@ def main() -> int:
     summary = summarise(rows)
     for line in summary["lines"]:
         console.print(line)
-    result = {"threads": THREADS, "matmul_peak_gflops": peak, "rows": rows, "summary": summary,
+    result = {"cpu": cpu_model(), "threads": THREADS, "matmul_peak_gflops": peak, "rows": rows, "summary": summary,
               "host": os.uname().nodename, "cpu_count": os.cpu_count()}
     (args.out / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, args.out / "latency_vs_n.png")

@@ -1,6 +1,6 @@
-"""Triton python-backend model: the exported ONNX run by ONNX Runtime on the CPU.
+"""Triton python-backend model: the CPU-rewritten fp32 ONNX run by ONNX Runtime on the CPU.
 
-Copied verbatim to `model_repository_cpu/onerank/1/model.py` by `build`. It serves the same
+Copied verbatim to `model_repository/onerank/1/model.py` by a cpu-target `build`. It serves the same
 inputs, outputs and dims as the production configs, and validates every request against the
 serving contract (the `onerank.config` parameter of its config.pbtxt) before running it, so a
 bad request gets a one-line error and the model keeps serving.
@@ -46,25 +46,45 @@ class TritonPythonModel:
         self.session = cpu_session(path, int(params.get(THREADS_PARAMETER, "1")), inter_op_threads=1)
 
     def execute(self, requests: list) -> list:
-        # Each request is scored on its own: a batch row is a whole ranking request, and requests
-        # of different L or N cannot share a tensor without padding that would cost every row.
-        return [self._score(request) for request in requests]
+        """Requests that Triton's dynamic batcher hands over together and that share L and N run as
+        one ONNX Runtime call (a batch row is a whole ranking request, so stacking them along the
+        batch axis changes no score); each bad request gets its own one-line error."""
+        responses: list = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, dict]]] = {}
+        for i, request in enumerate(requests):
+            try:
+                feed = self._feed(request)
+            except RequestError as exc:
+                responses[i] = pb_utils.InferenceResponse(error=_client_error(str(exc)))
+                continue
+            shape = tuple(feed[t.name].shape[1:] for t in spec.INPUTS)
+            groups.setdefault(shape, []).append((i, feed))
+        for members in groups.values():  # the dynamic batcher keeps their rows within max_batch_size
+            self._run(members, responses)
+        return responses
 
-    def _score(self, request):
+    def _feed(self, request) -> dict:
+        feed = {}
+        for t in spec.INPUTS:
+            tensor = pb_utils.get_input_tensor_by_name(request, t.name)
+            if tensor is None:
+                raise RequestError(f"missing input '{t.name}'")
+            feed[t.name] = tensor.as_numpy()
+        spec.validate_request(self.config, feed, max_batch=self.max_batch)
+        return feed
+
+    def _run(self, members: list[tuple[int, dict]], responses: list) -> None:
+        sizes = [feed[spec.INPUTS[0].name].shape[0] for _, feed in members]
+        batch = members[0][1] if len(members) == 1 else {
+            t.name: np.concatenate([feed[t.name] for _, feed in members]) for t in spec.INPUTS}
         try:
-            feed = {}
-            for t in spec.INPUTS:
-                tensor = pb_utils.get_input_tensor_by_name(request, t.name)
-                if tensor is None:
-                    raise RequestError(f"missing input '{t.name}'")
-                feed[t.name] = tensor.as_numpy()
-            spec.validate_request(self.config, feed, max_batch=self.max_batch)
-            (scores,) = self.session.run(list(spec.OUTPUT_NAMES), feed)
-            return pb_utils.InferenceResponse([pb_utils.Tensor("scores", np.ascontiguousarray(scores))])
-        except RequestError as exc:
-            return pb_utils.InferenceResponse(error=_client_error(str(exc)))
-        except Exception as exc:  # an ORT failure is reported to that client; the model keeps serving
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+            (scores,) = self.session.run(list(spec.OUTPUT_NAMES), batch)
+        except Exception as exc:  # an ORT failure is reported to those clients; the model keeps serving
+            for i, _ in members:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+            return
+        for (i, _), rows in zip(members, np.split(scores, np.cumsum(sizes)[:-1]), strict=True):
+            responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor("scores", np.ascontiguousarray(rows))])
 
     def finalize(self) -> None:
         self.session = None
