@@ -163,3 +163,20 @@ def test_only_onnx_runtime_backend_models(tmp_path, exported):
     (model_dir / "config.pbtxt").write_text(mcfg.to_text(cfg))
     with pytest.raises(ConfigError, match="not a model of Triton's ONNX Runtime backend"):
         session_like_onnxruntime_backend(model_dir)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda cfg: cfg.input[2].dims.__setitem__(0, TINY.num_context_fields + 1), "has shape"),
+    (lambda cfg: cfg.input[4].dims.append(1), "has rank"),
+    (lambda cfg: setattr(cfg.input[0], "data_type", mcfg.mc.TYPE_INT32), "tensor(int64) in the model"),
+    (lambda cfg: setattr(cfg.output[0], "name", "probabilities"), "output 'probabilities'"),
+])
+def test_a_config_that_disagrees_with_the_graph_is_refused_like_the_backend(tmp_path, exported, change, words):
+    """ModelState::ValidateInputs/ValidateOutputs: names, element types, ranks and static dims."""
+    model_dir = write_model_dir(tmp_path, exported)
+    cfg = mcfg.read_config(model_dir / "config.pbtxt")
+    change(cfg)
+    (model_dir / "config.pbtxt").write_text(mcfg.to_text(cfg))
+    with pytest.raises(ConfigError) as err:
+        session_like_onnxruntime_backend(model_dir)
+    assert words in str(err.value) and "Triton would not load it" in str(err.value) and "\n" not in str(err.value)

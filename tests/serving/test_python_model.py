@@ -80,13 +80,17 @@ def test_requests_of_one_shape_run_together_and_keep_their_own_rows(served):
     assert "item_vocab_size" in str(responses[2].error) and "\n" not in str(responses[2].error)
 
 
-def test_a_runtime_failure_answers_only_that_group(served):
+def test_a_runtime_failure_answers_only_the_request_that_caused_it(served):
+    poison = request(TINY, 1, 9, 5, seed=1)
+    poison["cand_features"][0, 0, 0] = 123.0  # the stand-in session fails on this request only
+
     class Failing(RecordingSession):
         def run(self, outputs, feed):
-            if feed["hist_item_ids"].shape[1] == 4:
+            if (feed["cand_features"] == 123.0).any():
                 raise RuntimeError("ORT said no")
             return super().run(outputs, feed)
 
     served.session = Failing()
-    responses = served.execute([request(TINY, 1, 4, 7, seed=1), request(TINY, 1, 9, 5, seed=2)])
-    assert "RuntimeError: ORT said no" in str(responses[0].error) and responses[1].error is None
+    responses = served.execute([request(TINY, 1, 9, 5, seed=2), poison, request(TINY, 1, 4, 7, seed=3)])
+    assert "RuntimeError: ORT said no" in str(responses[1].error)
+    assert responses[0].error is None and responses[2].error is None  # stacked with it, still answered

@@ -7,9 +7,11 @@ count and duration is bounded.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -107,12 +109,22 @@ def test_concurrent_requests_batched_together_each_get_their_own_scores(server):
                 return None
             return client.score(feeds[i])
 
-    for _ in range(3):  # several rounds: batching is up to timing
+    def executions_and_requests() -> tuple[int, int]:
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/models/onerank/stats", timeout=10) as r:
+            stats = json.load(r)["model_stats"][0]
+        return int(stats["execution_count"]), int(stats["inference_stats"]["success"]["count"])
+
+    executions0, requests0 = executions_and_requests()
+    for _ in range(5):  # rounds until the batcher has stacked requests (it is up to timing), at most 5
         with concurrent.futures.ThreadPoolExecutor(len(feeds) + 1) as pool:
             got = list(pool.map(send, range(len(feeds) + 1)))
         for i, scores in enumerate(got[:-1]):
             assert scores.shape == expected[i].shape
             assert float(np.abs(scores - expected[i]).max()) <= 1e-5, i
+        executions, requests = executions_and_requests()
+        if executions - executions0 < requests - requests0:
+            break
+    assert executions - executions0 < requests - requests0, "the batcher never handed over two requests together"
 
 
 def test_bounded_load_run_has_no_errors_and_no_memory_growth(server):

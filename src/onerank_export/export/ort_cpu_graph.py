@@ -200,7 +200,12 @@ def write_ort_cpu_model(source: Path, target: Path) -> Path:
 
     model = rewrite_for_ort_cpu(onnx.load(str(source)))
     set_model_metadata(model, {**model_metadata(model), REWRITE_KEY: "layernorm-as-instancenorm/1"})
-    onnx.checker.check_model(model, full_check=True)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        from onerank_export.errors import StageError
+
+        raise StageError(f"{source}: the CPU rewrite is not a valid model ({str(exc).splitlines()[0]})") from None
     with atomic_path(target) as tmp:
         onnx.save_model(model, str(tmp))
     return target

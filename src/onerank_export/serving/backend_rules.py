@@ -79,12 +79,22 @@ def check_model(model_dir: str | Path, target: str) -> list[str]:
     _warmup_rules(model_dir, cfg, bad)
     if backend == "onnxruntime":
         _ort_rules(cfg, bad)
-    elif backend in ("tensorrt", "python"):
-        known = TENSORRT_PARAMETERS if backend == "tensorrt" else PYTHON_PARAMETERS
-        _unknown_keys(ortb.parameters(cfg), known, backend, bad)
+    elif backend == "tensorrt":
+        _unknown_keys(ortb.parameters(cfg), TENSORRT_PARAMETERS, backend, bad)
+    elif backend == "python" and _is_ours(model_dir):
+        # The python backend hands every parameter to model.py: only our model's keys are known here.
+        _unknown_keys(ortb.parameters(cfg), PYTHON_PARAMETERS, backend, bad)
     if backend == "python":
         _python_rules(cfg, bad)
     return out
+
+
+def _is_ours(model_dir: Path) -> bool:
+    """Whether the model's model.py is onerank-export's python-backend model (serving/python_model.py)."""
+    from onerank_export.serving.repository import PYTHON_MODEL_SOURCE
+
+    files = list(model_dir.glob("*/model.py"))
+    return not files or any(f.read_bytes() == PYTHON_MODEL_SOURCE.read_bytes() for f in files)
 
 
 def advise_model(model_dir: str | Path, cores: int | None = None) -> list[str]:
@@ -143,8 +153,9 @@ def _instance_rules(cfg, backend, target, kind, bad) -> None:
         bad("tensorrt-gpu-only", "a TensorRT plan in a CPU repository", "build it into a GPU repository only")
     for group, group_kind in zip(cfg.instance_group, kinds, strict=True):
         label = f"instance group '{group.name}'" if group.name else "an instance group"
-        if group_kind in ("KIND_AUTO", "KIND_MODEL"):
-            # core NormalizeInstanceGroup resolves KIND_AUTO to GPU when it sees one, else CPU.
+        if group_kind == "KIND_AUTO" or (group_kind == "KIND_MODEL" and backend != "python"):
+            # core NormalizeInstanceGroup resolves KIND_AUTO to GPU when it sees one, else CPU; KIND_MODEL
+            # (the model places itself) is for python-backend models.
             bad("instance-kind", f"{label} has {group_kind}, decided by the host", f"use {wanted}")
         elif group_kind != wanted and not (backend == "tensorrt" and target != "gpu"):
             why = "python-backend models run on the CPU" if backend == "python" else f"the target is {target}"

@@ -191,6 +191,7 @@ def session_like_onnxruntime_backend(model_dir: str | Path, version: str = "1",
     except Exception as exc:  # ORT raises several types; the backend would report its message and not load
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{path}: ONNX Runtime cannot load it ({first})") from None
+    _check_io(cfg, session, name)
     read = session.get_session_options()
     config_entries = {}
     for key in _SESSION_CONFIG_KEYS:
@@ -271,3 +272,33 @@ def _not_reproduced(cfg: mc.ModelConfig, name: str, providers: tuple[str, ...]) 
               for a in accelerators.gpu_execution_accelerator]
     notes += [f"cpu_execution_accelerator '{a.name}'" for a in accelerators.cpu_execution_accelerator]
     return tuple(notes)
+
+
+_ORT_TYPES = {"TYPE_FP32": "tensor(float)", "TYPE_FP16": "tensor(float16)", "TYPE_INT64": "tensor(int64)",
+              "TYPE_INT32": "tensor(int32)", "TYPE_BOOL": "tensor(bool)", "TYPE_INT8": "tensor(int8)"}
+
+
+def _check_io(cfg: mc.ModelConfig, session, name: str) -> None:
+    """The backend's load-time check (ModelState::ValidateInputs / ValidateOutputs): every config
+    input and output exists in the graph with the same element type and rank (the batch dimension
+    counted when max_batch_size > 0), and static dims agree."""
+    graph = {t.name: t for t in (*session.get_inputs(), *session.get_outputs())}
+    batch = 1 if cfg.max_batch_size > 0 else 0
+    for kind, tensors in (("input", cfg.input), ("output", cfg.output)):
+        for tensor in tensors:
+            node = graph.get(tensor.name)
+            if node is None:
+                raise ConfigError(f"{name}: {kind} '{tensor.name}' of config.pbtxt is not in the model "
+                                  f"(it has {', '.join(sorted(graph))}); Triton would not load it")
+            want = _ORT_TYPES.get(mc.DataType.Name(tensor.data_type))
+            if want is not None and node.type != want:
+                raise ConfigError(f"{name}: {kind} '{tensor.name}' is {node.type} in the model, "
+                                  f"{mc.DataType.Name(tensor.data_type)} in config.pbtxt; Triton would not load it")
+            dims = [*([-1] * batch), *tensor.dims]
+            if len(node.shape) != len(dims):
+                raise ConfigError(f"{name}: {kind} '{tensor.name}' has rank {len(node.shape)} in the model, "
+                                  f"{len(dims)} from config.pbtxt dims; Triton would not load it")
+            for got, wanted in zip(node.shape, dims, strict=True):
+                if isinstance(got, int) and wanted != -1 and got != wanted:
+                    raise ConfigError(f"{name}: {kind} '{tensor.name}' has shape {node.shape} in the model, "
+                                      f"dims {list(tensor.dims)} in config.pbtxt; Triton would not load it")

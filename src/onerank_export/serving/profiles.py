@@ -7,11 +7,12 @@ groups, so the CPU instance sets the tail latency.
 
 A profile says how the models use the host's cores (CPU) or the device (GPU):
   latency     one instance per model with every core in its intra-op pool, no batching delay:
-              one request uses the whole host, so a request at low load is as fast as in-process.
+              one request uses the whole host, the fastest a request at low load gets through Triton.
   throughput  several instances, each with its share of the cores, and a short batching delay:
               requests run side by side and the host stays busy under load.
-The numbers behind the defaults: docs/benchmarks.md ("Through Triton"), reproduced by
-tools/bench/bench_triton.py.
+The numbers behind the CPU defaults: docs/benchmarks.md ("Through Triton"), reproduced by
+tools/bench/bench_triton.py. The GPU instance counts are not measured (no GPU here). Thread counts
+are the build host's usable cores: build on (or pass --threads for) the host that serves.
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ class ServingPlan:
         return out
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (affinity and cpusets included), which os.cpu_count() ignores."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def choose_target(requested: str, cuda_device: bool | None = None) -> tuple[Target, str]:
     """(target, why). `auto` picks what this host has: a CUDA device -> gpu, else cpu."""
     if requested not in TARGET_CHOICES:
@@ -80,7 +89,7 @@ def serving_plan(target: Target, target_reason: str, profile: str, *, instances:
     for name, value in (("--instances", instances), ("--threads", threads)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} {value}: must be >= 1")
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     if target is Target.GPU:
         count = instances or (1 if profile == "latency" else GPU_THROUGHPUT_INSTANCES)
         if threads is not None:

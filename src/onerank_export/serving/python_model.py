@@ -57,6 +57,9 @@ class TritonPythonModel:
             except RequestError as exc:
                 responses[i] = pb_utils.InferenceResponse(error=_client_error(str(exc)))
                 continue
+            except Exception as exc:  # reading one request failed: that client's error, the others go on
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+                continue
             shape = tuple(feed[t.name].shape[1:] for t in spec.INPUTS)
             groups.setdefault(shape, []).append((i, feed))
         for members in groups.values():  # the dynamic batcher keeps their rows within max_batch_size
@@ -79,9 +82,13 @@ class TritonPythonModel:
             t.name: np.concatenate([feed[t.name] for _, feed in members]) for t in spec.INPUTS}
         try:
             (scores,) = self.session.run(list(spec.OUTPUT_NAMES), batch)
-        except Exception as exc:  # an ORT failure is reported to those clients; the model keeps serving
-            for i, _ in members:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # the model keeps serving; each request gets its own run's answer
+            if len(members) > 1:  # one request must not fail the others it was stacked with
+                for member in members:
+                    self._run([member], responses)
+                return
+            (i, _), = members
+            responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
             return
         for (i, _), rows in zip(members, np.split(scores, np.cumsum(sizes)[:-1]), strict=True):
             responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor("scores", np.ascontiguousarray(rows))])

@@ -147,10 +147,14 @@ def launch_notes(plan: ServingPlan, plugin: str | None) -> str:
     head += (f" x {plan.threads} ONNX Runtime thread(s)" if plan.threads else "") + \
         f" and a {plan.queue_delay_us} us batching delay.\n\n"
     if plan.target is Target.CPU:
-        return (head + "Serve it on a CPU host with NVIDIA's Triton container (onnxruntime and python backends):\n\n"
-                "    tritonserver --model-repository $PWD/model_repository\n\n"
-                "`onerank-export serve --repository <build dir>` serves the python-backend model `onerank` here\n"
-                "with the bundled tritonserver, which has no ONNX Runtime backend.\n")
+        return (head + "On a CPU fleet, serve the ONNX Runtime backend models with NVIDIA's Triton container:\n\n"
+                "    tritonserver --model-repository $PWD/model_repository --model-control-mode explicit \\\n"
+                "        --load-model onerank_onnx_fp32    # and onerank_onnx_fp16 / onerank_onnx_int8\n\n"
+                "The python-backend model `onerank` imports onerank_export, onnx and onnxruntime: it loads where\n"
+                "the stub's Python has them, which `onerank-export serve --repository <build dir>` arranges for\n"
+                "the bundled tritonserver here (python backend only). Elsewhere give it a Python environment\n"
+                "with the onerank-export package (the python backend's EXECUTION_ENV_PATH parameter) or leave it\n"
+                "unloaded as above.\n")
     plugin_notes = ("\nTensorRT models need the OneRank plugin loaded by the server:\n\n"
                     "    tritonserver --model-repository $PWD/model_repository \\\n"
                     f"        --backend-config=tensorrt,plugins=$PWD/{plugin}\n"

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -147,7 +148,8 @@ class TritonServer:
         # with a bounded stop (`stop`) instead of tritonserver and its stubs each reacting on their own.
         self.process = subprocess.Popen(self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT,
                                         env=self.environment(), start_new_session=True,
-                                        preexec_fn=_stop_with_parent(os.getpid()))
+                                        preexec_fn=_stop_with_parent(os.getpid())
+                                        if threading.current_thread() is threading.main_thread() else None)
         try:
             self.wait_ready()
         except BaseException:
@@ -212,21 +214,25 @@ class TritonServer:
         a connection). A second signal is ignored by tritonserver, so the bound is enforced here: SIGKILL to
         the process group, which also holds the python-backend stubs.
         """
-        if self.process is None or self._stopped:
-            return None if self.process is None else self.process.returncode
+        if self.process is None:
+            return None
+        if self._stopped and self.process.poll() is not None and self._log_handle is None:
+            return self.process.returncode
         self._stopped = True
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(self.exit_timeout + KILL_GRACE_S)
-        # Also after a clean exit: stubs orphaned by an expired exit timeout must not outlive the server.
-        # The group id cannot be reused while any of its members lives, so this reaches only our processes.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        code = self.process.wait()
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(self.exit_timeout + KILL_GRACE_S)
+        finally:  # also when a second Ctrl-C interrupts the wait: the bound holds and nothing outlives us
+            # Also after a clean exit: stubs orphaned by an expired exit timeout must not outlive the server.
+            # The group id cannot be reused while any of its members lives, so this reaches only our processes.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            code = self.process.wait()
+            if self._log_handle is not None:
+                self._log_handle.close()
+                self._log_handle = None
         return code
 
     def __enter__(self) -> TritonServer:
@@ -239,7 +245,8 @@ class TritonServer:
 def _stop_with_parent(parent: int):
     """A pre-exec hook: the server gets SIGTERM when the thread that started it dies, even by SIGKILL, so a
     killed `serve` cannot leave a server holding its ports (Linux prctl PR_SET_PDEATHSIG; None elsewhere).
-    So start a long-lived server from a thread that lives as long as it should."""
+    Armed only when the main thread starts the server: the signal follows the starting *thread*, so a
+    server started from a worker thread (a pool, asyncio.to_thread) would die with that thread."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork: no loader lock in the child
     except (OSError, AttributeError):

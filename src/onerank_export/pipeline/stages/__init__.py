@@ -24,14 +24,17 @@ def plan_stages(options: BuildOptions) -> list[Stage]:
     from onerank_export.pipeline.stages.triton import TritonStage
     from onerank_export.serving.profiles import choose_target, serving_plan
 
-    # The target and profile are decided (and a bad value refused) here, in preflight, once for all stages.
-    target, why = choose_target(options.target)
-    plan = serving_plan(target, why, options.serving_profile, instances=options.instances, threads=options.threads)
     inputs = CalibrationInputs()  # one validated load of the calibration data, shared by both precisions
     stages: list[Stage] = [CheckpointStage(), ExportStage()]
     stages += [PrecisionStage(p, inputs) for p in options.precisions]
-    stages += [CpuOnnxStage(plan), EngineStage(options.engine, options.plugin_library)]
     if options.triton:
-        stages.append(TritonStage(plan))
+        # The target and profile are decided (and a bad value refused) here, in preflight, once for the
+        # stages that serve; without a repository there is nothing to decide.
+        target, why = choose_target(options.target)
+        plan = serving_plan(target, why, options.serving_profile, instances=options.instances,
+                            threads=options.threads)
+        stages += [CpuOnnxStage(plan), EngineStage(options.engine, options.plugin_library), TritonStage(plan)]
+    else:
+        stages.append(EngineStage(options.engine, options.plugin_library))
     stages.append(ParityStage())
     return stages

@@ -40,4 +40,5 @@ class CpuOnnxStage(Stage):
             artifacts[f"onnx_cpu_{precision}"] = path
         return StageResult(self.name, Status.OK,
                            f"{', '.join(p.value for p in state.onnx_cpu)}: LayerNormalization as InstanceNormalization "
-                           "with gamma/beta folded, for Triton's ONNX Runtime backend on CPUs", artifacts)
+                           "with gamma/beta folded, for Triton's ONNX Runtime backend on CPUs", artifacts,
+                           self.plan.describe())

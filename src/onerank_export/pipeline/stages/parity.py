@@ -27,7 +27,9 @@ class ParityStage(Stage):
 
         cfg, seed = state.config, state.options.seed
         repository = state.repository.path if state.repository is not None else None
-        runners = build_runners(state.model, ParityTargets(onnx=dict(state.onnx), repository=repository))
+        targets = ParityTargets(onnx=dict(state.onnx), plans=list(state.engines.values()),
+                                plugin=state.plugin_library, repository=repository)
+        runners = build_runners(state.model, targets)
         report = run_parity_suite(state.model, runners, default_cases(cfg, seed), state.options.tolerances,
                                   invariance_case=invariance_case(cfg, seed))
         parity_json, parity_junit = write_reports(report, state.work / REPORTS_DIR)
