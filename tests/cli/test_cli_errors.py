@@ -98,6 +98,18 @@ def test_engine_require_without_tensorrt_fails_before_any_work(capsys, tiny_ckpt
     assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["--target", "gpu", "--threads", "2"], "--threads applies to CPU models only"),
+    (["--target", "tpu"], "'tpu' is not one of"),
+    (["--serving-profile", "fast"], "'fast' is not one of"),
+    (["--instances", "0"], "--instances"),
+])
+def test_serving_options_are_checked_before_any_work(capsys, tiny_ckpt, tmp_path, argv, needle):
+    code, _, err = run(capsys, "build", "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "b"), *argv)
+    assert_one_line_error(code, err, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_real_process_exit_code_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "onerank_export.cli.main", "export", "--checkpoint",
                            str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)

@@ -7,7 +7,7 @@ from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
 from onerank_export.pipeline.state import ENGINES, ONNX, ONNX_CPU, PLUGIN_LIBRARY, REPOSITORY, BuildState
 from onerank_export.precision import Precision
-from onerank_export.serving.profiles import ServingPlan
+from onerank_export.serving.profiles import ServingPlan, Target
 
 
 class TritonStage(Stage):
@@ -38,4 +38,11 @@ class TritonStage(Stage):
                            f"model_repository/ target {plan.target} ({plan.target_reason.split(': ')[-1]}), "
                            f"profile {plan.profile}: {len(repo.models)} models ({', '.join(repo.models)}), "
                            f"{plan.instances} instance(s){threads} each; every config.pbtxt parsed with Triton's "
-                           "ModelConfig and checked against its backend's rules", repo.artifacts, metrics)
+                           "ModelConfig and checked against its backend's rules" + _unserved(state, plan),
+                           repo.artifacts, metrics)
+
+
+def _unserved(state: BuildState, plan: ServingPlan) -> str:
+    if state.engines and plan.target is not Target.GPU:
+        return f"; {len(state.engines)} TensorRT engine(s) built but not served (target {plan.target})"
+    return ""
