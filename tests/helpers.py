@@ -35,3 +35,26 @@ class Missing(Runner):
 
     def infer_impl(self, feed):
         raise AssertionError("never called")
+
+
+# A stand-in for the module Triton's python backend stub provides: just what python_model.py uses.
+FAKE_PB_UTILS = '''
+class TritonError(Exception):
+    INVALID_ARG = 3
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.code = code
+
+class Tensor:
+    def __init__(self, name, array):
+        self.name, self._array = name, array
+    def as_numpy(self):
+        return self._array
+
+class InferenceResponse:
+    def __init__(self, output_tensors=None, error=None):
+        self.output_tensors, self.error = output_tensors or [], error
+
+def get_input_tensor_by_name(request, name):
+    return Tensor(name, request[name]) if name in request else None
+'''

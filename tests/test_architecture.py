@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grimp
 import pytest
+from helpers import FAKE_PB_UTILS
 
 try:
     import tomllib
@@ -191,27 +192,6 @@ def _squeeze(text: str) -> str:
 
 # ----- torch-free at run time ---------------------------------------------------------------------
 
-# A stand-in for the module Triton's python backend stub provides: just what python_model.py uses.
-_FAKE_PB_UTILS = '''
-class TritonError(Exception):
-    INVALID_ARG = 3
-    def __init__(self, message, code=None):
-        super().__init__(message)
-        self.code = code
-
-class Tensor:
-    def __init__(self, name, array):
-        self.name, self._array = name, array
-    def as_numpy(self):
-        return self._array
-
-class InferenceResponse:
-    def __init__(self, output_tensors=None, error=None):
-        self.output_tensors, self.error = output_tensors or [], error
-
-def get_input_tensor_by_name(request, name):
-    return Tensor(name, request[name]) if name in request else None
-'''
 
 # Loads the served model the way the stub does (by file path, as `model`), scores one request,
 # reads the ONNX metadata, imports every source of the torch-free contract, then reports.
@@ -297,7 +277,7 @@ def test_served_model_and_metadata_reader_run_without_torch(tmp_path):
 
     fake = tmp_path / "stub"
     fake.mkdir()
-    (fake / "triton_python_backend_utils.py").write_text(textwrap.dedent(_FAKE_PB_UTILS))
+    (fake / "triton_python_backend_utils.py").write_text(textwrap.dedent(FAKE_PB_UTILS))
     model_dir = tmp_path / "onerank"
     _tiny_served_onnx(model_dir / "1" / "model.onnx")
     sources = CONTRACTS["torch-free"]["source_modules"]

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
-from onerank_export.pipeline.stages.export import ONNX_DIR
+from onerank_export.pipeline.stages.export import ONNX_DIR, onnx_file_name
 from onerank_export.pipeline.state import ONNX, ONNX_CPU, BuildState
-from onerank_export.precision import Precision
 from onerank_export.serving.profiles import ServingPlan, Target
-
-
-def cpu_onnx_file_name(precision: Precision) -> str:
-    return f"onerank.{Precision(precision).value}.cpu.onnx"
 
 
 class CpuOnnxStage(Stage):
@@ -35,7 +30,7 @@ class CpuOnnxStage(Stage):
 
         artifacts = {}
         for precision, source in state.onnx.items():
-            path = write_ort_cpu_model(source, state.work / ONNX_DIR / cpu_onnx_file_name(precision))
+            path = write_ort_cpu_model(source, state.work / ONNX_DIR / onnx_file_name(precision, "cpu"))
             state.onnx_cpu[precision] = path
             artifacts[f"onnx_cpu_{precision}"] = path
         return StageResult(self.name, Status.OK,

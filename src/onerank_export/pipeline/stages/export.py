@@ -10,8 +10,9 @@ from onerank_export.precision import Precision
 ONNX_DIR = "onnx"
 
 
-def onnx_file_name(precision: Precision) -> str:
-    return f"onerank.{Precision(precision).value}.onnx"
+def onnx_file_name(precision: Precision, variant: str = "") -> str:
+    """onnx/onerank.<precision>[.<variant>].onnx, e.g. the CPU rewrite's `onerank.fp32.cpu.onnx`."""
+    return f"onerank.{Precision(precision).value}{'.' + variant if variant else ''}.onnx"
 
 
 class ExportStage(Stage):
