@@ -124,7 +124,7 @@ CUresult loadFunction(DeviceArch arch, k::ScoreDtype dtype, int32_t config, CUfu
         if (image < 0)
         {
             std::snprintf(message.text, sizeof(message.text),
-                "no kernel image runs on sm_%d%d (images: sm_80, sm_86, sm_89, sm_90; PTX from sm_80)",
+                "no kernel image runs on sm_%d%d (images: sm_75, sm_80, sm_86, sm_89, sm_90; PTX from sm_75)",
                 arch.major, arch.minor);
             return CUDA_ERROR_NO_BINARY_FOR_GPU;
         }

@@ -131,3 +131,18 @@ def test_a_plugin_that_cannot_be_built_fails_the_stage_in_one_line(toolchain, ca
     assert result.status is Status.FAILED and result.artifacts == {}
     assert result.detail.startswith("plugin library: cmake: NvInfer.h not found")
     assert calls == []
+
+
+@pytest.mark.parametrize("capability, refused", [("7.0", True), ("7.2", True), ("7.5", False), ("8.6", False),
+                                                 ("10.0", False)])
+def test_a_gpu_without_a_kernel_image_is_refused_in_preflight(tmp_path, capability, refused):
+    toolchain = EngineToolchain(unavailable_reason=lambda: None, device=lambda: ("Tesla V100", capability))
+    stage = EngineStage("auto", toolchain=toolchain)
+    if not refused:
+        stage.preflight(BuildOptions(out=tmp_path / "b"), TINY)
+        return
+    with pytest.raises(StageError) as err:
+        stage.preflight(BuildOptions(out=tmp_path / "b"), TINY)
+    message = str(err.value)
+    assert f"compute capability {capability}" in message and "sm_75" in message and "--engine skip" in message
+    assert "\n" not in message and list(tmp_path.iterdir()) == []

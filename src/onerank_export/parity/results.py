@@ -33,6 +33,7 @@ class RunnerOutputs:
     skip_reason: str | None = None  # set when the runner was unavailable; then there are no outputs
     cases: dict[str, Outputs] = field(default_factory=dict)  # case name -> outputs
     invariance: dict[str, Outputs] = field(default_factory=dict)  # invariance.BASE / check -> outputs
+    provider: str | None = None  # the execution provider that ran (ONNX Runtime runners), for the report
 
     @property
     def skipped(self) -> bool:
@@ -62,7 +63,7 @@ class RunResults:
             return keys
 
         runners = [{"name": r.name, "precision": Precision(r.precision).value, "skip_reason": r.skip_reason,
-                    "cases": {c: keep(o) for c, o in r.cases.items()},
+                    "provider": r.provider, "cases": {c: keep(o) for c, o in r.cases.items()},
                     "invariance": {k: keep(o) for k, o in r.invariance.items()}} for r in self.runners]
         layout = {"format": FORMAT, "cases": self.cases, "runners": runners,
                   "invariance": None if self.invariance is None else self.invariance.to_dict()}
@@ -92,4 +93,5 @@ def _runner(entry: dict[str, Any], data: Any) -> RunnerOutputs:
 
     return RunnerOutputs(entry["name"], Precision(entry["precision"]), entry["skip_reason"],
                          {c: outputs(k) for c, k in entry["cases"].items()},
-                         {c: outputs(k) for c, k in entry["invariance"].items()})
+                         {c: outputs(k) for c, k in entry["invariance"].items()},
+                         provider=entry.get("provider"))  # absent from runs saved before it was recorded

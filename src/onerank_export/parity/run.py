@@ -40,6 +40,8 @@ def run_runners(reference: Runner, targets: Sequence[tuple[Runner, Precision | s
             run.skip_reason = str(exc)
             note(f"{runner.name}: skipped: {exc}")
             continue
+        # Runners that choose an execution provider (ONNX Runtime) say which one ran; others have none.
+        run.provider = getattr(runner, "provider", None)
         try:
             for c in cases:
                 note(f"{runner.name} [{run.precision}] {c.name}")

@@ -34,6 +34,7 @@ class CaseResult:
     shape: dict[str, int]
     verdict: Verdict  # value: the smallest atol that would have passed; limit: the atol; detail: why skipped
     outputs: list[OutputComparison] = field(default_factory=list)
+    provider: str | None = None  # the execution provider that ran, for ONNX Runtime runners
 
     @property
     def status(self) -> Outcome:
@@ -46,7 +47,7 @@ class CaseResult:
     def to_dict(self) -> dict[str, Any]:
         return {"runner": self.runner, "precision": Precision(self.precision).value, "case": self.case,
                 "shape": self.shape, "status": self.status.value, "reason": self.reason,
-                "outputs": [o.to_dict() for o in self.outputs]}
+                "provider": self.provider, "outputs": [o.to_dict() for o in self.outputs]}
 
 
 @dataclass
@@ -109,7 +110,8 @@ def compare_runs(results: RunResults, tolerances: Tolerances | None = None) -> P
             comparisons = compare_outputs(ref.cases[case], run.cases[case], tol)
             needed = max((o.required_atol for o in comparisons), default=0.0)
             verdict = Verdict.check(name, all(o.passed for o in comparisons), value=needed, limit=tol.atol)
-            report.cases.append(CaseResult(run.name, run.precision, case, shape, verdict, comparisons))
+            report.cases.append(CaseResult(run.name, run.precision, case, shape, verdict, comparisons,
+                                           run.provider))
         if results.invariance is not None and run.skip_reason is None:
             report.invariances += check_invariances(run.name, run.invariance, results.invariance, tol)
     return report

@@ -2,7 +2,9 @@
 
 Runner names say the backend and precision: `eager-serving`, `onnxruntime-<precision>` (the
 product's CPU rewrite, what the Triton CPU model serves), `onnxruntime-<precision>-canonical`
-(the file as written, what Triton's ONNX Runtime backend loads), `tensorrt-<precision>`, and
+(the file as written, what Triton's ONNX Runtime backend loads), on a host with a CUDA device
+`onnxruntime-<precision>-cuda` and `-tensorrt` (that file on ORT's CUDA / TensorRT providers),
+`tensorrt-<precision>`, and
 `triton-<protocol>:<model>` for a live server, `triton-ort:<model>` for a repository's ONNX Runtime
 backend models opened as that backend opens them. Only when two targets of one backend share a precision does
 `:<file name>` (or the path, if the names agree too) follow, so names stay the same from build to
@@ -18,11 +20,13 @@ from pathlib import Path
 from onerank_export.engine.tensorrt.plan_metadata import metadata_path, read_plan_metadata
 from onerank_export.errors import CheckFailed, ConfigError, StageError
 from onerank_export.export.metadata import detect_precision
+from onerank_export.host import cuda_device_present
 from onerank_export.model.onerank import OneRankModel
 from onerank_export.parity.cases import ParityCase
 from onerank_export.parity.run import ProgressFn
 from onerank_export.parity.runner import Runner, RunnerUnavailable
 from onerank_export.parity.runners import (
+    GPU_RUNNER_PROVIDERS,
     EagerDenseRunner,
     EagerServingRunner,
     OnnxRuntimeRunner,
@@ -72,7 +76,8 @@ def plan_precision(plan: Path) -> Precision:
 
 
 def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Runner, Precision]]:
-    """Eager serving graph, then each ONNX model (CPU rewrite, then canonical), plans, Triton.
+    """Eager serving graph, then each ONNX model (CPU rewrite, canonical, then on ORT's GPU providers),
+    plans, Triton.
 
     Reads every precision before any runner starts, so a bad target fails before slow work. A
     Triton server is contacted here: an unreachable server is a failed check, not a skipped one."""
@@ -83,6 +88,15 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
     runners += [(OnnxRuntimeRunner(path, name=_named(n, "")), p) for (path, p), n in zip(onnx, ort_names, strict=True)]
     runners += [(OnnxRuntimeRunner(path, name=_named(n, "-canonical"), cpu_rewrite=False), p)
                 for (path, p), n in zip(onnx, ort_names, strict=True)]
+    # The GPU providers' rows exist where a GPU does (the probe `--target auto` and `--engine auto`
+    # use): a GPU host sees them skipped with the reason when onnxruntime-gpu or its libraries are
+    # missing; a CPU host's report keeps its rows and counts. They run the canonical file, the one
+    # Triton's ONNX Runtime backend loads on KIND_GPU instances.
+    if onnx and cuda_device_present():
+        for variant, providers in GPU_RUNNER_PROVIDERS.items():
+            runners += [(OnnxRuntimeRunner(path, name=_named(n, f"-{variant}"), providers=providers,
+                                           cpu_rewrite=False), p)
+                        for (path, p), n in zip(onnx, ort_names, strict=True)]
     if plans:
         from onerank_export.parity.tensorrt_runner import TensorRTRunner
 

@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of the MatchingScore kernel for sm_80 / sm_86 / sm_89 / sm_90 (no GPU needed)."""
+"""Ahead-of-time compilation of the MatchingScore kernel for sm_75 / sm_80 / sm_86 / sm_89 / sm_90 (no GPU needed)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from onerank_export.engine.kernel import aot
 from onerank_export.engine.kernel.matching_score import LAUNCH_CONFIGS
 
 PLUGIN_DIR = Path(__file__).resolve().parents[3] / "plugins" / "matching_score"
-EXPECTED_SM = {80: "80", 86: "86", 89: "89", 90: "90a"}  # Triton targets sm_90a on compute capability 9.0
+EXPECTED_SM = {75: "75", 80: "80", 86: "86", 89: "89", 90: "90a"}  # Triton targets sm_90a on compute capability 9.0
 KERNEL_PARAMS = ["z_ptr", "r_ptr", "valid_ptr", "out_ptr", "num_rows", "num_tasks", "rows_per_batch", "d_model",
                  "scale"]
 
@@ -155,7 +155,8 @@ def launcher(compiled, tmp_path_factory):
 
 
 @pytest.mark.parametrize(("cc", "dtype", "kind", "sm"), [
-    (80, "fp32", "cubin", 80), (86, "fp16", "cubin", 86), (87, "fp32", "cubin", 86), (89, "fp16", "cubin", 89),
+    (75, "fp32", "cubin", 75), (75, "fp16", "cubin", 75), (80, "fp32", "cubin", 80), (86, "fp16", "cubin", 86),
+    (87, "fp32", "cubin", 86), (89, "fp16", "cubin", 89),
     (90, "fp32", "cubin", 90), (100, "fp32", "ptx", 89), (120, "fp16", "ptx", 89),
 ])
 def test_launcher_picks_an_image_the_device_runs(launcher, cc, dtype, kind, sm):
@@ -195,8 +196,8 @@ def test_launcher_jits_ptx_when_the_driver_rejects_the_cubin(launcher):
 
 
 def test_launcher_returns_errors_instead_of_launching(launcher):
-    old_gpu, empty, too_many = launcher({"cc": 75}, {"cc": 80, "n": 0}, {"cc": 80, "b": 2**20, "n": 2**10, "k": 3})
-    assert old_gpu["status"] == CUDA_ERROR_NO_BINARY_FOR_GPU and "sm_75" in old_gpu["messages"]
+    old_gpu, empty, too_many = launcher({"cc": 70}, {"cc": 80, "n": 0}, {"cc": 80, "b": 2**20, "n": 2**10, "k": 3})
+    assert old_gpu["status"] == CUDA_ERROR_NO_BINARY_FOR_GPU and "sm_70" in old_gpu["messages"]
     assert old_gpu["launches"] == 0
     assert empty["status"] == 0 and empty["launches"] == 0 and empty["loads"] == []
     assert too_many["status"] == CUDA_ERROR_INVALID_VALUE and too_many["launches"] == 0
@@ -213,4 +214,4 @@ def test_cli_writes_the_same_artifacts(tmp_path):
     meta = json.loads((tmp_path / aot.KERNELS_JSON).read_text())
     assert {i["arch"] for i in meta["images"]} == {80}
     assert (tmp_path / aot.HEADER_NAME).exists()
-    assert aot.main(["--out", str(tmp_path), "--arch", "75", "--quiet"]) == 1
+    assert aot.main(["--out", str(tmp_path), "--arch", "70", "--quiet"]) == 1

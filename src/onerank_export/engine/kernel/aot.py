@@ -4,11 +4,12 @@
 
 writes `DIR/matching_score.sm<cc>.<dtype>.<config>.{cubin,ptx}`, `DIR/kernels.json` (metadata) and
 `DIR/matchingScoreKernels.h` (the images as byte arrays plus launch constants; the plugin includes it).
-No GPU is needed: Triton lowers to PTX and its bundled ptxas assembles the cubin.
+No GPU is needed: Triton lowers to PTX and its bundled ptxas assembles the cubin. Needs triton>=3.5
+(TRITON_FLOOR); an older Triton, or one whose compiled parameter list is not the launcher's, is one line.
 
 Choices that matter on the user's machine:
-- every cubin is assembled by Triton's CUDA 12.9 ptxas (also for sm_90, where Triton would pick its
-  13.x "ptxas-blackwell"), so CUDA 12.x drivers can load them, not only CUDA 13 ones;
+- every cubin is assembled by Triton's CUDA 12.x ptxas (12.9 in Triton 3.8/3.9, 12.8 in 3.5-3.7; also for
+  sm_90, where Triton 3.9 would pick its 13.x "ptxas-blackwell"), so CUDA 12.x drivers can load them;
 - the PTX declares the oldest ISA each target accepts (7.8; 8.0 for sm_90a), so a driver can JIT it
   on a GPU without an exact cubin;
 - registers and local memory come from the cubin (`cuobjdump -res-usage`): Triton itself fills
@@ -31,16 +32,23 @@ from dataclasses import asdict
 from pathlib import Path
 
 from onerank_export.engine.kernel.header import render_kernel_header
-from onerank_export.engine.kernel.image import KernelImage, KernelParam, ResourceUsage
+from onerank_export.engine.kernel.image import ARCHS, KernelImage, KernelParam, ResourceUsage
 from onerank_export.engine.kernel.matching_score import LAUNCH_CONFIGS, LaunchConfig, jit_kernel
 from onerank_export.errors import StageError
 
-ARCHS = (80, 86, 89, 90)
 DTYPES = ("fp32", "fp16")
-PTX_ISA = {80: 78, 86: 78, 89: 78, 90: 80}  # oldest PTX ISA each target accepts (x10)
+PTX_ISA = {75: 78, 80: 78, 86: 78, 89: 78, 90: 80}  # the PTX ISA each target's PTX declares (x10)
 EM_CUDA = 190  # ELF e_machine of NVIDIA cubins
-# Triton 3.9 appends these pointer parameters after the kernel's own; an AOT launcher passes null.
+# Triton appends these pointer parameters after the kernel's own; an AOT launcher passes null. profile_scratch
+# arrived in 3.5 (triton-lang/triton#7258): Triton 3.4 compiles the same kernel with one trailing pointer.
 SCRATCH_PARAMS = ("global_scratch", "profile_scratch")
+# The oldest Triton with everything this module uses: triton.knobs (3.4) and that two-pointer launch ABI (3.5).
+# Every release from 3.5.0 to 3.9.0 compiled the kernel with this module (docs/plugin.md#triton-versions); a newer
+# one is allowed, and compile_image refuses it if its parameter list is not the one the launcher is written for.
+TRITON_FLOOR = (3, 5)
+SUPPORTED_TRITON = "triton>=3.5 (AOT checked with 3.5.0 to 3.9.0)"
+# PTX .param type of each Triton signature type the kernel uses (pointers are u64); the launcher static_asserts them.
+PTX_PARAM_TYPES = {"i32": "u32", "fp32": "f32"}
 KERNELS_JSON = "kernels.json"
 HEADER_NAME = "matchingScoreKernels.h"
 
@@ -56,6 +64,24 @@ def nvidia_tool(name: str) -> Path:
     if found is None:
         raise StageError(f"{name} not found: reinstall triton (its wheel bundles it) or put the CUDA toolkit on PATH")
     return Path(found)
+
+
+def triton_version() -> str:
+    import triton
+
+    return str(getattr(triton, "__version__", "unknown"))
+
+
+def require_supported_triton() -> str:
+    """The installed Triton's version, or a one-line StageError when it is older than TRITON_FLOOR."""
+    version = triton_version()
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None or (int(match[1]), int(match[2])) < TRITON_FLOOR:
+        raise StageError(f"triton {version} is too old to compile the MatchingScore kernel ahead of time: it needs "
+                         f"triton.knobs (3.4+) and the trailing {' and '.join(SCRATCH_PARAMS)} kernel parameters "
+                         f"the plugin's launcher passes (3.5+); supported: {SUPPORTED_TRITON}: "
+                         f"pip install -U 'triton>={TRITON_FLOOR[0]}.{TRITON_FLOOR[1]}'")
+    return version
 
 
 def signature(dtype: str) -> dict[str, str]:
@@ -86,7 +112,8 @@ def compile_image(arch: int, dtype: str, config: LaunchConfig) -> KernelImage:
                                      "enable_fp_fusion": True, "ptx_version": PTX_ISA[arch]})
     with knobs.nvidia.scope(), knobs.compilation.scope(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        knobs.nvidia.ptxas_blackwell = knobs.nvidia.ptxas.path  # one ptxas (CUDA 12.9) for every arch
+        if "ptxas_blackwell" in knobs.nvidia.knob_descriptors:  # 3.6+; 3.5 has one ptxas for every arch anyway
+            knobs.nvidia.ptxas_blackwell = knobs.nvidia.ptxas.path  # one ptxas (CUDA 12.x) for every arch
         knobs.compilation.disable_line_info = True  # smaller images; nothing here debugs SASS
         ptxas_version = knobs.nvidia.ptxas.version
         try:
@@ -95,30 +122,41 @@ def compile_image(arch: int, dtype: str, config: LaunchConfig) -> KernelImage:
             raise StageError(f"compiling the MatchingScore kernel for sm_{arch} {dtype} failed: "
                              f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}") from exc
     md = compiled.metadata
-    if md.global_scratch_size or md.profile_scratch_size:
+    cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
+    # The parameter list first: it is what differs between Triton releases, and it decides what the header says.
+    params = entry_params(ptx, md.name, sig)
+    # getattr: a Triton without profile scratch has no such field (and was refused by entry_params already).
+    if getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0):
         raise StageError(f"sm_{arch} {dtype}: the kernel needs Triton scratch memory, which the plugin does not "
                          "allocate; simplify the kernel")
-    cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
-    kernel_params = [n for n, t in sig.items() if t != "constexpr"]
     return KernelImage(
         arch=arch, dtype=dtype, config=config, elf_sm=cubin_sm(cubin), cubin=cubin, ptx=ptx, entry=md.name,
-        launch_shared_bytes=int(md.shared), params=entry_params(ptx, md.name, kernel_params),
+        launch_shared_bytes=int(md.shared), params=params,
         resources=resource_usage(cubin, md.name), ptx_isa=ptx_directive(ptx, "version"), ptxas_version=ptxas_version,
     )
 
 
-def entry_params(ptx: str, entry: str, kernel_params: list[str]) -> tuple[KernelParam, ...]:
-    """The exact parameter list of the .entry, named: the kernel's own, then Triton's scratch pointers."""
+def entry_params(ptx: str, entry: str, sig: dict[str, str]) -> tuple[KernelParam, ...]:
+    """The exact parameter list of the .entry, named: the kernel's own, then exactly Triton's SCRATCH_PARAMS.
+
+    The launcher (plugins/matching_score/matchingScoreKernel.cpp) passes that many arguments of those types in that
+    order, so any other list from this Triton is a one-line StageError here, before a header is written.
+    """
     match = re.search(rf"\.entry\s+{re.escape(entry)}\s*\((.*?)\)", ptx, flags=re.S)
     if match is None:
         raise StageError(f"PTX has no .entry {entry}")
     types = re.findall(r"\.param\s+\.(\w+)", match.group(1))
-    extra = len(types) - len(kernel_params)
-    if extra != len(SCRATCH_PARAMS):
-        raise StageError(f"{entry} has {len(types)} parameters, expected {len(kernel_params)} + "
-                         f"{len(SCRATCH_PARAMS)} Triton scratch pointers; this Triton's launch ABI changed")
-    names = [*kernel_params, *SCRATCH_PARAMS]
-    return tuple(KernelParam(n, t, "kernel" if i < len(kernel_params) else "scratch")
+    kernel = {n: t for n, t in sig.items() if t != "constexpr"}
+    names = [*kernel, *SCRATCH_PARAMS]
+    expected = [("u64" if t.startswith("*") else PTX_PARAM_TYPES.get(t)) for t in kernel.values()]
+    expected += ["u64"] * len(SCRATCH_PARAMS)
+    if len(types) != len(expected) or any(e is not None and e != t for e, t in zip(expected, types, strict=False)):
+        want = ", ".join(f"{n}:{e or '?'}" for n, e in zip(names, expected, strict=True))
+        raise StageError(f"triton {triton_version()} compiled {entry} with {len(types)} parameters "
+                         f"({', '.join(types)}); the plugin's launcher passes {len(kernel)} kernel parameters then "
+                         f"exactly the scratch pointers {', '.join(SCRATCH_PARAMS)} ({want}); "
+                         f"supported: {SUPPORTED_TRITON}")
+    return tuple(KernelParam(n, t, "kernel" if i < len(kernel) else "scratch")
                  for i, (n, t) in enumerate(zip(names, types, strict=True)))
 
 
@@ -159,6 +197,7 @@ def resource_usage(cubin: bytes, entry: str) -> ResourceUsage:
 
 
 def compile_all(archs: Iterable[int] = ARCHS, progress: Callable[[str], None] | None = None) -> list[KernelImage]:
+    require_supported_triton()  # before any compile: an old Triton fails on knobs or the ABI, not with this line
     images = []
     for arch in archs:
         if arch not in PTX_ISA:

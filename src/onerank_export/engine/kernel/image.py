@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotation only: this module is plain data and needs no triton at import
     from onerank_export.engine.kernel.matching_score import LaunchConfig
 
+# The GPU architectures (compute capability x10) the plugin embeds a cubin and PTX for: Turing (T4, sm_75)
+# to Hopper. An older GPU has no image; the engine stage refuses it before building anything.
+ARCHS = (75, 80, 86, 89, 90)
+
 
 @dataclass(frozen=True)
 class KernelParam:

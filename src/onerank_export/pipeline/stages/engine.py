@@ -54,6 +54,12 @@ def _build_plugin_library(*args, **kwargs) -> Path:
     return build_plugin_library(*args, **kwargs)
 
 
+def _device() -> tuple[str, str]:
+    from onerank_export.engine.tensorrt.plan_metadata import cuda_device_identity
+
+    return cuda_device_identity()
+
+
 @dataclass(frozen=True)
 class EngineToolchain:
     """What the stage calls to probe, build the plugin and build engines (real ones by default)."""
@@ -61,6 +67,7 @@ class EngineToolchain:
     unavailable_reason: Callable[[], str | None] = _unavailable_reason
     build_engine: Callable = _build_engine  # (onnx, plan, config, precision, *, plugin_library, progress)
     build_plugin_library: Callable[..., Path] = _build_plugin_library  # (out_dir, *, progress) -> .so
+    device: Callable[[], tuple[str, str]] = _device  # (GPU name, "major.minor") of device 0
 
 
 def unavailable_reason_for(mode: EngineMode | str, toolchain: EngineToolchain = EngineToolchain()) -> str | None:
@@ -76,6 +83,18 @@ def unavailable_reason_for(mode: EngineMode | str, toolchain: EngineToolchain = 
     return reason
 
 
+def check_device(name: str, capability: str) -> None:
+    """A GPU the plugin has no kernel image for is refused before anything is built."""
+    from onerank_export.engine.kernel.image import ARCHS
+
+    major, minor = (int(x) for x in capability.split(".")[:2])
+    if major * 10 + minor < min(ARCHS):
+        images = ", ".join(f"sm_{a}" for a in ARCHS)
+        raise StageError(f"GPU {name} has compute capability {capability}; the MatchingScore plugin has kernel "
+                         f"images for {images} (Turing/T4 and newer): build engines on such a GPU, or use "
+                         "--engine skip and serve the ONNX models")
+
+
 class EngineStage(Stage):
     name = "engine"
     requires = (ONNX,)
@@ -89,9 +108,11 @@ class EngineStage(Stage):
         self.progress = progress
 
     def preflight(self, options: BuildOptions, config: OneRankConfig) -> None:
-        unavailable_reason_for(self.mode, self.toolchain)
+        will_build = unavailable_reason_for(self.mode, self.toolchain) is None
         if self.given_plugin is not None and not Path(self.given_plugin).is_file():
             raise StageError(f"--plugin {self.given_plugin}: not a file")
+        if will_build:
+            check_device(*self.toolchain.device())
 
     def run(self, state: BuildState) -> StageResult:
         return self.build(dict(state.onnx), state.work, state.config, state)
