@@ -45,7 +45,8 @@ def test_verify_passes_a_faithful_export_and_writes_reports(capsys, tiny, tmp_pa
     assert list(report) == ["reference", "passed", "counts", "tolerances", "cases", "invariances"]
     assert list(report["counts"]) == ["passed", "failed", "skipped"]
     assert list(report["tolerances"]) == ["fp32", "fp16", "int8"]
-    assert list(report["cases"][0]) == ["runner", "precision", "case", "shape", "status", "reason", "outputs"]
+    assert list(report["cases"][0]) == ["runner", "precision", "case", "shape", "status", "reason", "provider",
+                                        "outputs"]
     assert list(report["invariances"][0]) == ["runner", "check", "status", "max_abs", "atol", "reason"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "parity.json"]
 

@@ -65,8 +65,9 @@ class FakeGpuOrt:
     """`onnxruntime.InferenceSession` of a GPU host: providers in `started` start, the others fall back."""
 
     def __init__(self, started=(CUDA_PROVIDER, TENSORRT_PROVIDER), *, raises: str | None = None,
-                 run_error: str | None = None) -> None:
+                 run_error: str | None = None, retries_on_cpu: bool = False) -> None:
         self.started, self.raises, self.run_error = set(started), raises, run_error
+        self.retries_on_cpu = retries_on_cpu  # ORT 1.22: no enable_fallback keyword, prints and retries
         self.calls: list[dict] = []
         self.sessions: list[FakeSession] = []
 
@@ -75,8 +76,13 @@ class FakeGpuOrt:
         self.calls.append({"names": names, "providers": providers, "kwargs": kwargs})
         if names == [CPU_PROVIDER]:
             return REAL_SESSION(model, options, providers=providers)
-        if self.raises:
+        if self.raises and not self.retries_on_cpu:
             raise RuntimeError(self.raises)
+        if self.raises:  # what onnxruntime_inference_collection.py of 1.22 prints before its CPU retry
+            print("*************** EP Error ***************")
+            print(f"EP Error {self.raises} when using {providers}")
+            print("Falling back to ['CPUExecutionProvider'] and retrying.")
+            names = []
         real = REAL_SESSION(model, options, providers=[CPU_PROVIDER])
         session = FakeSession(real, [n for n in names if n in self.started] + [CPU_PROVIDER], self.run_error)
         self.sessions.append(session)
@@ -90,8 +96,8 @@ def gpu_host(monkeypatch):
     monkeypatch.setattr(targets_mod, "cuda_device_present", lambda: True)
     monkeypatch.setattr(runners_mod, "cuda_device_present", lambda: True)
     runners_mod._preload_cuda_libraries.cache_clear()
-    monkeypatch.setattr(onnxruntime, "preload_dlls",
-                        lambda: print("Failed to load libcudnn.so.9: cannot open shared object file"), raising=False)
+    missed = "Failed to load libcublasLt.so.12: cannot open shared object file"  # what preload_dlls prints
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: print(missed), raising=False)
 
     def install(fake: FakeGpuOrt) -> FakeGpuOrt:
         monkeypatch.setattr(onnxruntime, "InferenceSession", fake)
@@ -170,7 +176,7 @@ def test_a_silent_fallback_to_the_cpu_is_skipped_with_the_reason_never_passed(gp
     reason = trt[0].reason
     assert reason.startswith("onnxruntime did not start TensorrtExecutionProvider and fell back to "
                              "CUDAExecutionProvider, CPUExecutionProvider")
-    assert "Failed to load libcudnn.so.9" in reason and "print_debug_info" in reason and "\n" not in reason
+    assert "Failed to load libcublasLt.so.12" in reason and "print_debug_info" in reason and "\n" not in reason
     assert not any(i.runner == "onnxruntime-fp32-tensorrt" for i in report.invariances)
     assert report.passed  # skipped is not failed, and not passed: counts say so
     assert report.counts()["skipped"] == len(trt)
@@ -192,6 +198,15 @@ def test_a_provider_that_cannot_start_is_a_reason_not_a_crash(gpu_host, tiny_onn
         runner.activate()
     assert str(exc.value) == ("onnxruntime could not start CUDAExecutionProvider: CUDA failure 35: CUDA driver "
                               "version is insufficient for CUDA runtime version")
+
+
+def test_an_ort_that_retries_on_the_cpu_regardless_is_caught_with_its_printed_error(gpu_host, tiny_onnx):
+    gpu_host(FakeGpuOrt(raises="CUDNN_STATUS_NOT_INITIALIZED", retries_on_cpu=True))
+    runner = OnnxRuntimeRunner(tiny_onnx, providers=[CUDA_PROVIDER], cpu_rewrite=False)
+    with pytest.raises(RunnerUnavailable) as exc:
+        runner.activate()
+    assert str(exc.value).startswith("onnxruntime did not start CUDAExecutionProvider and fell back to "
+                                     "CPUExecutionProvider (EP Error CUDNN_STATUS_NOT_INITIALIZED when using [(")
 
 
 def test_no_cuda_device_is_the_reason_before_any_session(gpu_host, monkeypatch, tiny_onnx):

@@ -195,7 +195,9 @@ def gpu_session(model: str | bytes, providers: Sequence[str], options):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # what ORT prints on the way is the reason, below
         printed.write(_preload_cuda_libraries())
-        try:  # enable_fallback=0: raise instead of retrying on the CPU (onnxruntime_inference_collection.py)
+        # enable_fallback=0: raise instead of retrying on the CPU (onnxruntime_inference_collection.py, 1.32);
+        # ORT 1.22 ignores the keyword, retries, and prints "EP Error <why> when using [...]": checked below.
+        try:
             session = ort.InferenceSession(model, options, providers=requested, enable_fallback=0)
         except Exception as exc:  # ORT raises several types for a provider that cannot start
             raise RunnerUnavailable(f"onnxruntime could not start {providers[0]}: {_first_line(exc)}") from None
@@ -209,8 +211,10 @@ def check_session_providers(session, requested: Sequence[str], printed: str = ""
     got = list(session.get_providers())
     lost = [p for p in requested if p not in got]
     if lost:
-        why = next((line.strip() for line in printed.splitlines()
-                    if line.startswith(("EP Error", "Failed to load", "Failed to create"))), "")
+        lines = [line.strip() for line in printed.splitlines()]
+        # ORT's own error for the provider first, then a CUDA library preload_dlls could not load
+        why = next((line for prefix in ("EP Error", "Failed to create", "Failed to load") for line in lines
+                    if line.startswith(prefix)), "")
         raise RunnerUnavailable(f"onnxruntime did not start {lost[0]} and fell back to {', '.join(got)}"
                                 + (f" ({why[:300]})" if why else "")
                                 + "; `python -c 'import onnxruntime; onnxruntime.print_debug_info()'` shows "
