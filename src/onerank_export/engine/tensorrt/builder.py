@@ -160,11 +160,10 @@ def _network_flags(trt: ModuleType) -> int:
 
 def _parse_onnx(trt: ModuleType, network: trt.INetworkDefinition, onnx_path: Path) -> None:
     parser = trt.OnnxParser(network, shared_logger(trt))
-    # TensorRT >= 10.15 expands a node that is also a local function unless told to prefer the plugin;
-    # before 10.15 the flag does not exist and the node's plugin_namespace attribute does the same.
-    override = getattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE", None)
-    if override is not None:
-        parser.set_flag(override)
+    # No OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE: the parser imports a node as a registered plugin when the
+    # flag is set *or* the node has a plugin_namespace attribute (onnx-tensorrt ModelImporter parseNode), and
+    # ours has one. The flag would also let any registered creator named like a built-in op replace it
+    # (NvOnnxParser.h). docs/engine.md has the rule per TensorRT version.
     if not parser.parse_from_file(str(onnx_path)):
         total = int(parser.num_errors)
         if total == 0:
