@@ -34,7 +34,8 @@ def _register() -> None:
     for command in (build, export, verify, demo_checkpoint):
         cli.add_command(command)
     # Commands owned by optional stages; each module defines one click command of the same name.
-    for module, name in (("onerank_export.cli.calibrate", "calibrate"), ("onerank_export.cli.serve", "serve")):
+    for module, name in (("onerank_export.cli.calibrate", "calibrate"), ("onerank_export.cli.serve", "serve"),
+                         ("onerank_export.cli.doctor", "doctor")):
         try:
             mod = __import__(module, fromlist=[name])
         except ModuleNotFoundError as exc:
