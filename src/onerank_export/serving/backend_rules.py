@@ -15,7 +15,6 @@ config) is returned by `advise_model`, never by `check_model`.
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 from pathlib import Path
@@ -24,7 +23,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from onerank_export.errors import ConfigError
 from onerank_export.serving import ort_backend as ortb
-from onerank_export.serving.model_config import read_config
+from onerank_export.serving.model_config import read_config, warmup_nbytes
 from onerank_export.serving.parameters import CONFIG_PARAMETER, THREADS_PARAMETER
 
 TARGETS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
@@ -34,9 +33,6 @@ TENSORRT_PARAMETERS = frozenset({"execution_context_allocation_strategy", "enabl
                                  "multi_device_per_rank_engines"})
 # python_backend src/python_be.cc ModelState::ModelState, plus what our model.py reads (python_model.py).
 PYTHON_PARAMETERS = frozenset({"EXECUTION_ENV_PATH", "FORCE_CPU_ONLY_INPUT_TENSORS", THREADS_PARAMETER})
-_ITEMSIZE = {"TYPE_BOOL": 1, "TYPE_UINT8": 1, "TYPE_INT8": 1, "TYPE_UINT16": 2, "TYPE_INT16": 2, "TYPE_FP16": 2,
-             "TYPE_BF16": 2, "TYPE_UINT32": 4, "TYPE_INT32": 4, "TYPE_FP32": 4, "TYPE_UINT64": 8, "TYPE_INT64": 8,
-             "TYPE_FP64": 8}
 _COUNT = re.compile(r"\d+")  # the one spelling std::stoi and int() read the same way
 
 
@@ -267,11 +263,11 @@ def _warmup_rules(model_dir: Path, cfg: mc.ModelConfig, bad) -> None:
                 continue
             path = model_dir / "warmup" / spec.input_data_file
             dtype = mc.DataType.Name(spec.data_type)
+            want = warmup_nbytes(spec)
             if not path.is_file():
                 bad("warmup", f"warmup/{spec.input_data_file} does not exist", "write the warm-up files")
-            elif dtype in _ITEMSIZE and min(spec.dims, default=1) >= 0:
+            elif want is not None:
                 # Fewer bytes fail the load; more are read from the start without a word (a stale file).
-                want = math.prod(spec.dims) * _ITEMSIZE[dtype]
                 have = path.stat().st_size
                 if have != want:
                     bad("warmup", f"warmup/{spec.input_data_file} has {have} bytes, dims {list(spec.dims)} "

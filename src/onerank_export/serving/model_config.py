@@ -8,6 +8,7 @@ dims come from `spec.py` (the serving contract), never from a second list.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -23,6 +24,10 @@ from onerank_export.serving.profiles import ServingPlan, Target
 # and each batch row is a whole request, so candidates of different requests never share a row.
 _DTYPES = {"int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "bool": mc.TYPE_BOOL}
 _KIND = {Target.GPU: "KIND_GPU", Target.CPU: "KIND_CPU"}
+# Bytes per element of the Triton types a warm-up file can hold (core backend_model_instance.cc).
+ITEMSIZE = {"TYPE_BOOL": 1, "TYPE_UINT8": 1, "TYPE_INT8": 1, "TYPE_UINT16": 2, "TYPE_INT16": 2, "TYPE_FP16": 2,
+            "TYPE_BF16": 2, "TYPE_UINT32": 4, "TYPE_INT32": 4, "TYPE_FP32": 4, "TYPE_UINT64": 8, "TYPE_INT64": 8,
+            "TYPE_FP64": 8}
 # The ONNX Runtime backend's own parameter names (docs/triton.md, "Rules the schema does not express").
 ORT_INTRA_OP_THREADS, ORT_INTER_OP_THREADS = "intra_op_thread_count", "inter_op_thread_count"
 
@@ -60,6 +65,15 @@ def add_warmup(cfg: mc.ModelConfig, config: OneRankConfig, files: dict[str, str]
         shape = t.shape_for(config, {spec.BATCH: 1, **dynamic})[1:]
         warm.inputs[t.name].CopyFrom(mc.ModelWarmup.Input(data_type=_DTYPES[t.dtype], dims=list(shape),
                                                           input_data_file=files[t.name]))
+
+
+def warmup_nbytes(warm_input: mc.ModelWarmup.Input) -> int | None:
+    """The size of a warm-up data file: Triton reads one sample per file, whatever batch_size says.
+    None when the type or dims leave it open (a string type, a -1 dim)."""
+    itemsize = ITEMSIZE.get(mc.DataType.Name(warm_input.data_type))
+    if itemsize is None or min(warm_input.dims, default=1) < 0:
+        return None
+    return math.prod(warm_input.dims) * itemsize
 
 
 def onnxruntime_config(name: str, config: OneRankConfig, precision: str, plan: ServingPlan,

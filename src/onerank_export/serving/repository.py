@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from onerank_export import spec
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import StageError
 from onerank_export.io import sha256_file, write_text
@@ -72,12 +71,14 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
     warm = warmup_request(config)
     artifacts: dict[str, Path] = {}
     models: list[str] = []
-    if plan.target is Target.GPU:
+    plugin = str(plugin_library.relative_to(out_dir)) if plugin_library is not None and engines else None
+    if plan.target is Target.GPU and engines:
+        plugin_sha256 = sha256_file(plugin_library)  # one library for every plan
         for precision, path in sorted(engines.items()):
             name = f"onerank_trt_{precision}"
             cfg = mcfg.tensorrt_config(name, config, precision, plan, write_warmup(repo / name, warm))
-            cfg.parameters[PLUGIN_PARAMETER].string_value = str(plugin_library.relative_to(out_dir))
-            cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = sha256_file(plugin_library)
+            cfg.parameters[PLUGIN_PARAMETER].string_value = plugin
+            cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = plugin_sha256
             artifacts |= _write_model(repo / name, cfg, {"model.plan": path})
             models.append(name)
     for precision, path in sorted(served.items()):
@@ -92,7 +93,6 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
         artifacts |= _write_model(repo / CPU_MODEL, cfg, files)
         models.append(CPU_MODEL)
         python_model = CPU_MODEL
-    plugin = str(plugin_library.relative_to(out_dir)) if plugin_library is not None and engines else None
     artifacts["triton_readme"] = write_text(repo / "README.md", launch_notes(plan, plugin))
     return ModelRepository(repo, plan, models, python_model, len(engines) if plan.target is Target.GPU else 0,
                            len(served), artifacts)
@@ -124,19 +124,13 @@ def _write_model(model_dir: Path, cfg, files: dict[str, Path]) -> dict[str, Path
     path = write_text(model_dir / "config.pbtxt", text)
     if mcfg.read_config(path) != cfg:  # the schema round trip must be lossless
         raise AssertionError(f"{path}: config changed on re-parse")
-    for name in cfg.model_warmup[0].inputs if cfg.model_warmup else ():
-        expected = _warmup_bytes(cfg, name)
+    for name, warm_input in (cfg.model_warmup[0].inputs.items() if cfg.model_warmup else ()):
+        expected = mcfg.warmup_nbytes(warm_input)
         actual = (model_dir / "warmup" / name).stat().st_size
         if actual != expected:
             raise AssertionError(f"{model_dir}/warmup/{name}: {actual} bytes, config dims need {expected}")
     out[f"triton_{cfg.name}_config"] = path
     return out
-
-
-def _warmup_bytes(cfg, name: str) -> int:
-    warm = cfg.model_warmup[0].inputs[name]
-    dtype = next(t for t in spec.INPUTS if t.name == name).np_dtype
-    return int(np.prod(list(warm.dims))) * dtype.itemsize  # one sample per file, whatever batch_size says
 
 
 def launch_notes(plan: ServingPlan, plugin: str | None) -> str:

@@ -211,7 +211,7 @@ def build_plugin_library(out_dir: Path, *, tensorrt_root: Path | None = None,
         say(f"configuring the MatchingScore plugin against TensorRT at {root}")
         _run([cmake, "-S", str(PLUGIN_SOURCE_DIR), "-B", str(build), f"-DTensorRT_ROOT={root}",
               f"-DPython3_EXECUTABLE={sys.executable}", "-DCMAKE_BUILD_TYPE=Release"], log_path, "configure", env)
-        say("compiling kernels (sm_80/86/89/90) and the plugin")
+        say("compiling the kernel images and the plugin")  # CMake prints the architectures
         _run([cmake, "--build", str(build), "--parallel", str(min(os.cpu_count() or 1, 8))], log_path, "build", env)
         for name in (STATIC_LIBRARY, DYNAMIC_LIBRARY):
             built = build / name
