@@ -39,3 +39,10 @@ class StageError(OneRankError):
 
 class CheckFailed(OneRankError):
     """A gate (parity, accuracy) failed; the report says by how much."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's exception text (at most 300 characters), for a one-line error;
+    the exception's type when it has no text."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -41,6 +41,9 @@ class Tolerance:
     def __str__(self) -> str:
         return f"atol={self.atol:g}" + (f" rtol={self.rtol:g}" if self.rtol else "")
 
+    def to_dict(self) -> dict[str, float]:
+        return {"atol": self.atol, "rtol": self.rtol}
+
 
 # Scores are probabilities in [0, 1]. fp32 allows accumulation-order differences; fp16 and int8 the
 # rounding measured on the demo checkpoint with headroom (docs/precision.md).

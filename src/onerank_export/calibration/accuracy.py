@@ -4,7 +4,6 @@ Spearman rank correlation; then the configured gates."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,10 +35,10 @@ def describe_gate(gate: Verdict) -> str:
 def run_onnx(model: onnx.ModelProto | bytes, requests: RequestSet, batch_size: int = 256) -> np.ndarray:
     """Scores [B, N, K] from ONNX Runtime CPU (the custom op runs from its FunctionProto), in the
     session the product serves and verifies with (`cpu_session`: the CPU rewrite and settings)."""
-    from onerank_export.export.ort_session import cpu_session
+    from onerank_export.export.ort_session import cpu_session, default_threads
 
     blob = model if isinstance(model, bytes) else model.SerializeToString()
-    session = cpu_session(blob, min(os.cpu_count() or 1, 8))
+    session = cpu_session(blob, default_threads())
     (scores,) = spec.OUTPUT_NAMES  # the contract's one output
     return np.concatenate([session.run([scores], feed)[0] for feed in requests.batches(batch_size)])
 

@@ -10,7 +10,6 @@ need not equal the total (errors interact), but the ranking tells a user what to
 from __future__ import annotations
 
 import copy
-import os
 
 import numpy as np
 import onnx
@@ -20,7 +19,7 @@ from onerank_export import spec
 from onerank_export.calibration.data import RequestSet
 from onerank_export.calibration.graph import initializers
 from onerank_export.calibration.result import Localization, NodeError
-from onerank_export.export.ort_session import cpu_session_options
+from onerank_export.export.ort_session import cpu_session_options, default_threads
 from onerank_export.metrics import topk_overlap
 
 FLAG_PREFIX = "probe:"
@@ -69,7 +68,7 @@ def localize_int8_error(int8: onnx.ModelProto, fp32: onnx.ModelProto, nodes: lis
     import onnxruntime as ort
 
     probe, flags = build_probe(int8, fp32, nodes)
-    opts = cpu_session_options(min(os.cpu_count() or 1, 8))
+    opts = cpu_session_options(default_threads())
     session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feed = dict(requests.features)
     valid = requests.valid

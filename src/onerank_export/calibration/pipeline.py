@@ -135,6 +135,8 @@ def _range_check(ranges: dict[str, dict[str, float]], data_max: float) -> RangeC
     top = sorted(ranges.items(), key=lambda kv: -kv[1]["absmax"])[:10]
     flushed = sorted(((k, v["flushed"] / max(1, v["nonzero"])) for k, v in ranges.items() if v["flushed"]),
                      key=lambda kv: -kv[1])[:10]
-    return RangeCheck(data_max=data_max, fp16_max=65504.0,
+    from onerank_export.calibration.fp16 import FP16_MAX
+
+    return RangeCheck(data_max=data_max, fp16_max=FP16_MAX,
                       largest_activations=tuple((k, v["absmax"]) for k, v in top),
                       flushed_to_zero=tuple(flushed))

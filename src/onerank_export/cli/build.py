@@ -8,13 +8,12 @@ from pathlib import Path
 import click
 
 from onerank_export.calibration.settings import METHODS
-from onerank_export.cli.common import CHECKPOINT_HELP, ConsoleUI, console, existing_dir
+from onerank_export.cli.common import CHECKPOINT_HELP, ConsoleUI, console, existing_dir, existing_file
 from onerank_export.pipeline.options import EngineMode
 from onerank_export.precision import REDUCED
 from onerank_export.serving.profiles import PROFILES, TARGET_CHOICES
 
 NONE = "none"
-existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.command()

@@ -13,30 +13,29 @@ from rich.markup import escape
 from rich.table import Table
 
 from onerank_export.calibration.settings import METHODS, AccuracyGates, CalibrationSettings
-from onerank_export.cli.common import CHECKPOINT_HELP, console, resolve_checkpoint
+from onerank_export.cli.common import CHECKPOINT_HELP, console, existing_dir, existing_file, resolve_checkpoint
 from onerank_export.errors import CheckFailed, ConfigError
 from onerank_export.precision import REDUCED, Precision
 
 if TYPE_CHECKING:
     from onerank_export.calibration.result import CalibrationEntry
 
-request_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 DEFAULTS = CalibrationSettings("int8")
 GATES = AccuracyGates()
 
 
 @click.command()
-@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), help=CHECKPOINT_HELP)
-@click.option("--onnx", "onnx_path", type=request_file,
+@click.option("--checkpoint", type=existing_dir, help=CHECKPOINT_HELP)
+@click.option("--onnx", "onnx_path", type=existing_file,
               help="The fp32 ONNX exported from --checkpoint. Default: export it now.")
 @click.option("--precision", type=click.Choice([p.value for p in REDUCED]), required=True,
               help="Variant to produce.")
 @click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True,
               help="INT8 activation calibration (ignored for fp16).")
-@click.option("--data", type=request_file,
+@click.option("--data", type=existing_file,
               help="Requests (.npz or .parquet, serving-contract names, 'labels' for evaluation). "
                    "Default: the demo generator.")
-@click.option("--eval-data", type=request_file,
+@click.option("--eval-data", type=existing_file,
               help="Held-out labelled requests. Default: a disjoint split of --data.")
 @click.option("--num-requests", type=click.IntRange(1), default=DEFAULTS.num_requests, show_default=True,
               help="Calibration requests (seeded sample).")
@@ -80,7 +79,7 @@ def calibrate(checkpoint: Path | None, onnx_path: Path | None, precision: str, m
     out = out or Path(f"onerank.{precision}.onnx")
     if onnx_path is not None and out.resolve() == onnx_path.resolve():
         raise ConfigError(f"--out {out} is the fp32 --onnx input; choose another output file")
-    ckpt, _ = resolve_checkpoint(checkpoint)
+    ckpt = resolve_checkpoint(checkpoint)
     model = load_checkpoint(ckpt)
     digest = checkpoint_digest(ckpt)
     if onnx_path is not None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from onerank_export.pipeline.result import StageResult, Status
-from onerank_export.pipeline.runner import BuildUI
-from onerank_export.pipeline.stages.base import Stage
+from onerank_export.pipeline.ui import BuildUI
+
+if TYPE_CHECKING:
+    from onerank_export.pipeline.stages.base import Stage
 
 # Logs and pipes (CI) get 160 columns instead of rich's 80, so report tables stay readable.
 _PIPE_WIDTH = None if sys.stdout.isatty() else 160
@@ -20,6 +23,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 CHECKPOINT_HELP = "Checkpoint directory (config.json + model.safetensors). Default: the bundled demo checkpoint."
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 _STYLE = {Status.OK: "green", Status.FAILED: "bold red", Status.SKIPPED: "yellow"}
 
@@ -64,9 +68,9 @@ class ConsoleUI(BuildUI):
             self._progress = None
 
 
-def resolve_checkpoint(checkpoint: Path | None) -> tuple[Path, str]:
-    """(checkpoint dir, source): the user's, or the cached demo checkpoint (trained on first use,
-    with a progress bar), the same way `build` resolves it."""
+def resolve_checkpoint(checkpoint: Path | None) -> Path:
+    """The user's checkpoint, or the cached demo checkpoint (trained on first use, with a progress
+    bar), the same way `build` resolves it."""
     from onerank_export.pipeline.runner import resolve_checkpoint as resolve
 
-    return resolve(checkpoint, ConsoleUI()), "user" if checkpoint is not None else "demo"
+    return resolve(checkpoint, ConsoleUI())

@@ -18,7 +18,7 @@ def export(checkpoint: Path | None, out: Path) -> int:
     from onerank_export.export.onnx_export import export_onnx
     from onerank_export.model.checkpoint import checkpoint_digest, load_checkpoint
 
-    ckpt, _ = resolve_checkpoint(checkpoint)
+    ckpt = resolve_checkpoint(checkpoint)
     model = load_checkpoint(ckpt)
     result = export_onnx(model, out, checkpoint_sha256=checkpoint_digest(ckpt))
     console.print(f"wrote {out} (opset {result.opset}, {result.num_nodes} nodes, "

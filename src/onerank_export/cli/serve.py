@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from onerank_export.cli.common import console
+from onerank_export.cli.common import console, existing_dir
 
 
 @click.command()
-@click.option("--repository", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("build"),
+@click.option("--repository", type=existing_dir, default=Path("build"),
               show_default=True, help="A build directory (serves its model_repository) or a model repository.")
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onerank_export.cli.common import CHECKPOINT_HELP, console, existing_dir, resolve_checkpoint
+from onerank_export.cli.common import CHECKPOINT_HELP, console, existing_dir, existing_file, resolve_checkpoint
 from onerank_export.errors import CheckFailed, RequestError
 from onerank_export.serving.parameters import PROTOCOLS
 
@@ -21,17 +21,17 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 @click.command()
 @click.option("--checkpoint", type=existing_dir, help=CHECKPOINT_HELP)
-@click.option("--onnx", "onnx_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--onnx", "onnx_files", multiple=True, type=existing_file,
               help="ONNX model(s) to check (precision read from the model). Default: export fp32 now.")
-@click.option("--engine", "engines", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--engine", "engines", multiple=True, type=existing_file,
               help="TensorRT plan(s) to check (needs a GPU and TensorRT).")
-@click.option("--plugin", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--plugin", type=existing_file,
               help="libonerank_plugins.so for --engine.")
 @click.option("--triton", "triton_url", help="URL of a running Triton server to check, e.g. 127.0.0.1:8000.")
 @click.option("--triton-model", default=None, help="Model name on the Triton server. Default: the CPU model.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
 @click.option("--shape", "shapes", multiple=True, help="Extra case BxLxN (repeatable), e.g. 3x100x300.")
-@click.option("--tolerances", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--tolerances", type=existing_file,
               help='JSON {"fp16": {"atol": 0.005}, ...} overriding per-precision tolerances.')
 @click.option("--reports", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
               show_default=True, help="Directory for parity.json and junit.xml.")
@@ -40,19 +40,18 @@ def verify(checkpoint: Path | None, onnx_files: tuple[Path, ...], engines: tuple
            triton_url: str | None, triton_model: str | None, protocol: str, shapes: tuple[str, ...],
            tolerances: Path | None, reports: Path, seed: int) -> int:
     """Compare backends with the eager PyTorch model on seeded requests; exit 1 on any mismatch."""
-    from onerank_export.config import OneRankConfig
-    from onerank_export.model.checkpoint import load_config
     from onerank_export.parity.cases import shape_case
     from onerank_export.parity.report import parity_table
     from onerank_export.parity.targets import ParityTargets
     from onerank_export.parity.verify import run_verify
+    from onerank_export.pipeline.runner import checkpoint_config
 
     extra_shapes = [parse_shape(s) for s in shapes]
     # A bad --shape fails here, before the demo checkpoint is trained (its config is the default one).
-    cfg = load_config(checkpoint) if checkpoint is not None else OneRankConfig()
+    cfg = checkpoint_config(checkpoint)
     for shape in extra_shapes:
         shape_case(cfg, *shape)
-    ckpt, _ = resolve_checkpoint(checkpoint)
+    ckpt = resolve_checkpoint(checkpoint)
     targets = ParityTargets(onnx=list(onnx_files), plans=list(engines), plugin=plugin, triton_url=triton_url,
                             triton_model=triton_model, protocol=protocol)
     report = run_verify(ckpt, targets, extra_shapes, tolerances, reports, seed,

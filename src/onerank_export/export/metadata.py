@@ -92,7 +92,7 @@ def read_metadata(model: onnx.ModelProto | str | Path) -> OnnxMetadata:
 def detect_precision(path: str | Path) -> Precision:
     """The precision an ONNX model computes in: its metadata, else what its content shows."""
     model = onnx.load(str(path), load_external_data=False)
-    meta = OnnxMetadata.from_props(model_metadata(model))
+    meta = read_metadata(model)
     if meta.precision is not None:
         return meta.precision
     if any(n.op_type == "QuantizeLinear" for n in model.graph.node):

@@ -74,8 +74,5 @@ class OneRankOnnxConfig:
                 out.append(t)
         return tuple(out)
 
-    def tolerance(self, precision: Precision | str) -> Tolerance:
-        return self.tolerances[Precision(precision)]
-
 
 ONERANK_ONNX_CONFIG = OneRankOnnxConfig()

@@ -3,6 +3,8 @@ Triton CPU model and the benchmarks, so what is verified is what is served and m
 
 from __future__ import annotations
 
+import os
+
 # Flush denormals to zero (FTZ/DAZ) on ONNX Runtime's threads. Masked attention scores underflow
 # exp() through the denormal range, and each denormal result costs an x86 microcode assist that
 # makes ORT's Softmax over masked rows several times slower
@@ -11,6 +13,12 @@ from __future__ import annotations
 # ORT applies this to its intra-op pool threads, and to the calling thread only for the first
 # session a process creates (a call_once inside ORT): the first session must carry it.
 DENORMAL_AS_ZERO = ("session.set_denormal_as_zero", "1")
+
+
+def default_threads() -> int:
+    """Intra-op threads of a product CPU session when the caller names none: every core, at most 8
+    (past that a request of this model gains nothing and the threads contend)."""
+    return min(os.cpu_count() or 1, 8)
 
 
 def cpu_session_options(threads: int, *, inter_op_threads: int | None = None):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import os
 import re
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -17,8 +16,8 @@ import numpy as np
 import torch
 
 from onerank_export import spec
-from onerank_export.errors import StageError
-from onerank_export.export.ort_session import cpu_session, cpu_session_options
+from onerank_export.errors import StageError, first_line
+from onerank_export.export.ort_session import cpu_session, cpu_session_options, default_threads
 from onerank_export.export.serving_graph import ServingGraph
 from onerank_export.host import cuda_device_present
 from onerank_export.model.onerank import OneRankModel
@@ -111,7 +110,7 @@ class OnnxRuntimeRunner(Runner):
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:
             raise RunnerUnavailable(provider_missing_reason(missing[0]))
-        threads = self.threads or min(os.cpu_count() or 1, 8)
+        threads = self.threads or default_threads()
         if self.on_gpu:
             self.session = gpu_session(self.model, self.providers, cpu_session_options(threads))
         elif self.cpu_rewrite and self.providers == [CPU_PROVIDER]:
@@ -128,7 +127,7 @@ class OnnxRuntimeRunner(Runner):
                 raise
             sizes = ", ".join(f"{k}={v}" for k, v in spec.dynamic_sizes(feed).items())
             raise StageError(f"{self.name}: onnxruntime's {self.provider} failed on a request with {sizes} "
-                             f"({_first_line(exc)})") from None
+                             f"({first_line(exc)})") from None
         return dict(zip(spec.OUTPUT_NAMES, outputs, strict=True))
 
     def deactivate_impl(self) -> None:
@@ -200,7 +199,7 @@ def gpu_session(model: str | bytes, providers: Sequence[str], options):
         try:
             session = ort.InferenceSession(model, options, providers=requested, enable_fallback=0)
         except Exception as exc:  # ORT raises several types for a provider that cannot start
-            raise RunnerUnavailable(f"onnxruntime could not start {providers[0]}: {_first_line(exc)}") from None
+            raise RunnerUnavailable(f"onnxruntime could not start {providers[0]}: {first_line(exc)}") from None
     session.disable_fallback()
     check_session_providers(session, providers, printed.getvalue())
     return session
@@ -268,8 +267,3 @@ def _preload_cuda_libraries() -> str:
     with contextlib.redirect_stdout(printed):
         ort.preload_dlls()
     return printed.getvalue()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

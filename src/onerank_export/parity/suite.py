@@ -78,7 +78,7 @@ class ParityReport:
             "reference": self.reference,
             "passed": self.passed,
             "counts": self.counts(),
-            "tolerances": {Precision(p).value: {"atol": t.atol, "rtol": t.rtol} for p, t in self.tolerances.items()},
+            "tolerances": {Precision(p).value: t.to_dict() for p, t in self.tolerances.items()},
             "cases": [c.to_dict() for c in self.cases],
             "invariances": [i.to_dict() for i in self.invariances],
         }
@@ -103,7 +103,7 @@ def compare_runs(results: RunResults, tolerances: Tolerances | None = None) -> P
         tol = tols[run.precision]
         for case, shape in results.cases.items():
             name = f"{run.precision}:{case}"
-            if run.skip_reason is not None:
+            if run.skipped:
                 report.cases.append(CaseResult(run.name, run.precision, case, shape,
                                                Verdict.skipped(name, run.skip_reason)))
                 continue
@@ -112,7 +112,7 @@ def compare_runs(results: RunResults, tolerances: Tolerances | None = None) -> P
             verdict = Verdict.check(name, all(o.passed for o in comparisons), value=needed, limit=tol.atol)
             report.cases.append(CaseResult(run.name, run.precision, case, shape, verdict, comparisons,
                                            run.provider))
-        if results.invariance is not None and run.skip_reason is None:
+        if results.invariance is not None and not run.skipped:
             report.invariances += check_invariances(run.name, run.invariance, results.invariance, tol)
     return report
 

@@ -30,9 +30,10 @@ from onerank_export.pipeline.doctor_probes import (
     gpu_test_command,
 )
 from onerank_export.pipeline.result import Status
+from onerank_export.precision import Precision
 from onerank_export.verdict import Outcome, Verdict, counts
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = tuple(p.value for p in Precision)  # every engine the demo build makes
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onerank_export.pipeline.result import StageResult
+from onerank_export.precision import REDUCED, Precision
 
 # The checkout's tests/ (absent in an installed wheel: then `pytest -m gpu` is skipped with that reason).
 TESTS_DIR = Path(__file__).resolve().parents[3] / "tests"
@@ -144,8 +145,8 @@ def build_engines(out: Path, plugin: Path) -> EngineRun:
     from onerank_export.pipeline.stages.engine import ENGINES_DIR
 
     outcome = build(BuildOptions(out=out, engine="require", target="gpu", plugin_library=plugin,
-                                 precisions=("fp16", "int8")))
-    plans = {p: out / ENGINES_DIR / plan_file_name(p) for p in ("fp32", "fp16", "int8")}
+                                 precisions=REDUCED))
+    plans = {p: out / ENGINES_DIR / plan_file_name(p) for p in Precision}
     return EngineRun(outcome.stages, {p: path for p, path in plans.items() if path.is_file()})
 
 

@@ -7,14 +7,13 @@ Every artifact is listed with its sha256 and size; a stage that did not run is l
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import platform
 from pathlib import Path
 from typing import Any
 
 from onerank_export import __version__
 from onerank_export.config import OneRankConfig
-from onerank_export.io import sha256_file, write_json
+from onerank_export.io import sha256_file
 from onerank_export.pipeline.result import StageResult, Status
 
 MANIFEST_FORMAT = "onerank-manifest/1"
@@ -23,6 +22,8 @@ _LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "safetensor
 
 
 def library_versions() -> dict[str, str | None]:
+    import importlib.metadata  # only when a manifest is written: a slow import every command would pay
+
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _LIBRARIES:
         try:
@@ -61,7 +62,3 @@ def build_manifest(out_dir: Path, config: OneRankConfig, checkpoint: dict[str, A
         "stages": stage_rows,
         "artifacts": artifacts,
     }
-
-
-def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
-    return write_json(path, manifest)

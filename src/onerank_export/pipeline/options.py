@@ -67,6 +67,6 @@ class BuildOptions:
                 "triton": self.triton, "calibration_method": self.calibration_method, "seed": self.seed,
                 "calibration_data": str(self.calibration_data) if self.calibration_data else None,
                 "plugin_library": str(self.plugin_library) if self.plugin_library else None,
-                "tolerances": {p.value: {"atol": t.atol, "rtol": t.rtol} for p, t in self.tolerances.items()},
+                "tolerances": {p.value: t.to_dict() for p, t in self.tolerances.items()},
                 "target": self.target, "serving_profile": self.serving_profile, "instances": self.instances,
                 "threads": self.threads}

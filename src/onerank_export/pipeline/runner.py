@@ -14,33 +14,15 @@ from pathlib import Path
 
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import OneRankError
-from onerank_export.pipeline.manifest import build_manifest, write_manifest
+from onerank_export.io import write_json
+from onerank_export.pipeline.manifest import build_manifest
 from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages import plan_stages
 from onerank_export.pipeline.stages.base import Stage
 from onerank_export.pipeline.state import BuildState
+from onerank_export.pipeline.ui import BuildUI
 from onerank_export.pipeline.workdir import MANIFEST, BuildDirectory, check_output_dir
-
-
-class BuildUI:
-    """What a build tells its caller while it runs. The default says nothing (Python callers);
-    the CLI's ConsoleUI prints stage lines and a progress bar while the demo checkpoint trains."""
-
-    def stage_started(self, index: int, total: int, stage: Stage) -> None:
-        pass
-
-    def stage_finished(self, result: StageResult) -> None:
-        pass
-
-    def note(self, message: str) -> None:
-        pass
-
-    def training_step(self, step: int, total: int, loss: float) -> None:
-        pass
-
-    def training_finished(self) -> None:
-        """Called once training stops, whether it finished or raised."""
 
 
 @dataclass
@@ -61,7 +43,7 @@ def preflight(options: BuildOptions, stages: list[Stage] | None = None) -> list[
     check_output_dir(options.out, options.force)
     stages = plan_stages(options) if stages is None else stages
     _check_plan(stages)
-    config = OneRankConfig() if options.checkpoint is None else _checkpoint_config(options.checkpoint)
+    config = checkpoint_config(options.checkpoint)
     for stage in stages:
         stage.preflight(options, config)
     return stages
@@ -78,10 +60,10 @@ def build(options: BuildOptions, ui: BuildUI | None = None, *, stages: list[Stag
             ui.note(f"removed {gone.name}, left by a build that did not finish")
         state = BuildState(options, checkpoint, work.path)
         results = [_run_stage(stage, state, i, len(stages), ui) for i, stage in enumerate(stages, start=1)]
-        record = {"path": str(checkpoint) if options.checkpoint is None else str(options.checkpoint),
+        record = {"path": str(checkpoint),
                   "source": options.checkpoint_source, "sha256": state.checkpoint_sha256}
         manifest = build_manifest(work.path, state.config, record, options.describe(), results)
-        write_manifest(work.path / MANIFEST, manifest)
+        write_json(work.path / MANIFEST, manifest)
         work.commit()
     return BuildOutcome(work.out, results, manifest)
 
@@ -124,7 +106,11 @@ def _check_plan(stages: list[Stage]) -> None:
         provided.update(stage.provides)
 
 
-def _checkpoint_config(checkpoint: Path) -> OneRankConfig:
+def checkpoint_config(checkpoint: Path | None) -> OneRankConfig:
+    """The config of a checkpoint without loading its weights; the demo checkpoint's is the default
+    config, so checks can run before the demo is trained."""
+    if checkpoint is None:
+        return OneRankConfig()
     from onerank_export.model.checkpoint import load_config
 
     return load_config(checkpoint)

@@ -21,7 +21,7 @@ from tritonclient.utils import np_to_triton_dtype
 
 from onerank_export import spec
 from onerank_export.config import OneRankConfig
-from onerank_export.errors import RequestError, StageError
+from onerank_export.errors import RequestError, StageError, first_line
 from onerank_export.serving.model_config import config_from_parameters
 from onerank_export.serving.parameters import PROTOCOLS
 
@@ -41,14 +41,14 @@ class OneRankClient:
             self._client = (self._lib.InferenceServerClient(self.url, network_timeout=timeout)
                             if protocol == "http" else self._lib.InferenceServerClient(self.url))
         except Exception as exc:
-            raise StageError(f"Triton at {self.url}: cannot create {protocol} client ({_first_line(exc)})") from None
+            raise StageError(f"Triton at {self.url}: cannot create {protocol} client ({first_line(exc)})") from None
         self.config, self.max_batch_size = self._model_limits()
 
     def _model_limits(self) -> tuple[OneRankConfig, int]:
         try:
             live = self._client.is_server_live()
         except Exception as exc:
-            raise StageError(f"Triton at {self.url} ({self.protocol}) is not reachable: {_first_line(exc)}") from None
+            raise StageError(f"Triton at {self.url} ({self.protocol}) is not reachable: {first_line(exc)}") from None
         if not live:
             raise StageError(f"Triton at {self.url} is not live")
         try:
@@ -58,7 +58,7 @@ class OneRankClient:
                 raw = self._client.get_model_config(self.model_name)
         except Exception as exc:
             raise StageError(f"Triton at {self.url}: model {self.model_name!r} unavailable "
-                             f"({_first_line(exc)})") from None
+                             f"({first_line(exc)})") from None
         source = f"Triton model {self.model_name!r}"
         return config_from_parameters(raw, source), int(raw.get("max_batch_size", 0))
 
@@ -79,7 +79,7 @@ class OneRankClient:
             else:
                 result = self._client.infer(self.model_name, inputs, outputs=outputs)
         except Exception as exc:
-            raise RequestError(f"Triton rejected the request: {_first_line(exc)}") from None
+            raise RequestError(f"Triton rejected the request: {first_line(exc)}") from None
         return result.as_numpy("scores")
 
     def close(self) -> None:
@@ -98,8 +98,3 @@ def _client_module(protocol: str):
     else:
         import tritonclient.grpc as lib
     return lib
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
