@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from onerank_export import spec
+from onerank_export.config import OneRankConfig
 from onerank_export.precision import DEFAULT_TOLERANCES, Precision, Tolerance
 
 if TYPE_CHECKING:
@@ -32,10 +33,22 @@ class OneRankOnnxConfig:
     opset: int = OPSET
     example_dims: Mapping[str, int] = field(default_factory=lambda: dict(EXAMPLE_DIMS))
     tolerances: Mapping[Precision, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    role: str = "serving"  # which graph: the single serving graph, or one half of it (below)
+    matching_score_nodes: int = 1  # how many onerank::MatchingScore nodes the export must contain
 
     @property
     def input_names(self) -> tuple[str, ...]:
         return spec.INPUT_NAMES
+
+    def input_names_for(self, config: OneRankConfig) -> tuple[str, ...]:
+        return self.input_names
+
+    def output_names_for(self, config: OneRankConfig) -> tuple[str, ...]:
+        return self.output_names
+
+    def module(self, serving):
+        """The torch module to export, given the ServingGraph."""
+        return serving
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -52,7 +65,7 @@ class OneRankOnnxConfig:
         cfg = model.cfg
         dims = {a: torch.export.Dim(a, min=1, max=max(spec.axis_range(cfg, a)[2], 2)) for a in spec.DYNAMIC_AXES}
         return {name: {i: dims[a] for i, a in axes.items()} for name, axes in self.dynamic_axes().items()
-                if name in spec.INPUT_NAMES}
+                if name in self.input_names_for(cfg)}
 
     def example_inputs(self, model: OneRankModel) -> tuple[torch.Tensor, ...]:
         """A small valid request: some history and candidates real, the rest padding."""
@@ -76,3 +89,78 @@ class OneRankOnnxConfig:
 
 
 ONERANK_ONNX_CONFIG = OneRankOnnxConfig()
+
+
+# ----- the two halves of the serving graph, for the user-state cache (user_states.py) -------------
+
+
+@dataclass(frozen=True)
+class UserEncoderOnnxConfig(OneRankOnnxConfig):
+    """History -> user states. Inputs: hist_item_ids, hist_action_ids; outputs: the states."""
+
+    role: str = "user_encoder"
+    matching_score_nodes: int = 0
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        from onerank_export.user_states import ENCODER_INPUTS
+
+        return ENCODER_INPUTS
+
+    def output_names_for(self, config) -> tuple[str, ...]:
+        from onerank_export.user_states import state_names
+
+        return state_names(config)
+
+    def module(self, serving):
+        from onerank_export.export.serving_graph import UserEncoderGraph
+
+        return UserEncoderGraph(serving)
+
+    def example_inputs(self, model: OneRankModel) -> tuple[torch.Tensor, ...]:
+        request = dict(zip(spec.INPUT_NAMES, OneRankOnnxConfig.example_inputs(self, model), strict=True))
+        return tuple(request[n] for n in self.input_names)
+
+
+@dataclass(frozen=True)
+class CandidateScorerOnnxConfig(OneRankOnnxConfig):
+    """User states + context + candidates -> scores (the serving graph after the user side)."""
+
+    role: str = "candidate_scorer"
+
+    def input_names_for(self, config) -> tuple[str, ...]:
+        from onerank_export.user_states import scorer_input_names
+
+        return scorer_input_names(config)
+
+    def module(self, serving):
+        from onerank_export.export.serving_graph import CandidateScorerGraph
+
+        return CandidateScorerGraph(serving)
+
+    def dynamic_shapes(self, model: OneRankModel) -> tuple[tuple[dict[int, torch.export.Dim], ...]]:
+        import torch
+
+        from onerank_export.user_states import USER_LEN, state_specs
+
+        cfg = model.cfg
+        dims = {a: torch.export.Dim(a, min=1, max=max(spec.axis_range(cfg, a)[2], 2)) for a in spec.DYNAMIC_AXES}
+        dims[USER_LEN] = torch.export.Dim(USER_LEN, min=1, max=cfg.max_hist_len + cfg.num_anchor_tokens)
+        request = {name: {i: dims[a] for i, a in axes.items()} for name, axes in self.dynamic_axes().items()}
+        states = [{i: dims[a] for i, a in enumerate(s.axes) if a in dims} for s in state_specs(cfg)]
+        # One entry: the scorer's forward takes its inputs as *args (their number follows n_layers).
+        return ((*states, *(request[n] for n in self.input_names_for(cfg)[len(states):])),)
+
+    def example_inputs(self, model: OneRankModel) -> tuple[torch.Tensor, ...]:
+        import torch
+
+        from onerank_export.export.serving_graph import ServingGraph
+
+        request = dict(zip(spec.INPUT_NAMES, OneRankOnnxConfig.example_inputs(self, model), strict=True))
+        with torch.no_grad():
+            states = ServingGraph(model.eval()).user_states(request["hist_item_ids"], request["hist_action_ids"])
+        return (*states, request["context_ids"], request["cand_item_ids"], request["cand_features"])
+
+
+USER_ENCODER_ONNX_CONFIG = UserEncoderOnnxConfig()
+CANDIDATE_SCORER_ONNX_CONFIG = CandidateScorerOnnxConfig()

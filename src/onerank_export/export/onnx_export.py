@@ -29,6 +29,14 @@ from onerank_export.io import atomic_path
 from onerank_export.model.onerank import OneRankModel
 from onerank_export.precision import Precision
 
+GRAPH_KEY = "onerank.graph"  # metadata key naming which half of the serving graph a model is
+DOC_STRINGS = {
+    "serving": "OneRank serving graph (request-structured) with onerank::MatchingScore",
+    "user_encoder": "OneRank user encoder: history -> each layer's user keys and values (user-state cache)",
+    "candidate_scorer": "OneRank candidate scorer: user states + context + candidates -> scores, "
+                        "with onerank::MatchingScore",
+}
+
 
 @dataclass(frozen=True)
 class ExportedModel:
@@ -42,38 +50,49 @@ def export_onnx(model: OneRankModel, path: str | Path, *, checkpoint_sha256: str
                 export_config: OneRankOnnxConfig = ONERANK_ONNX_CONFIG) -> ExportedModel:
     """Export `model`'s serving graph to `path` (written atomically); StageError on failure."""
     path = Path(path)
-    graph = ServingGraph(model.eval()).eval()
+    graph = export_config.module(ServingGraph(model.eval()).eval()).eval()
+    cfg = model.cfg
     try:
         with torch.no_grad(), _quiet():
             program = torch.onnx.export(
                 graph, export_config.example_inputs(model), dynamo=True,
                 dynamic_shapes=export_config.dynamic_shapes(model),
-                input_names=list(export_config.input_names), output_names=list(export_config.output_names),
+                input_names=list(export_config.input_names_for(cfg)),
+                output_names=list(export_config.output_names_for(cfg)),
                 opset_version=export_config.opset, optimize=True, verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; report one line
         raise StageError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
-    metadata = OnnxMetadata(config_json=model.cfg.to_json(), checkpoint_sha256=checkpoint_sha256,
-                            precision=Precision.FP32)
-    proto = finalize(program.model_proto, export_config.opset, metadata)
+    # The single graph carries no role key (its bytes predate the split); each half names itself.
+    other = {} if export_config.role == "serving" else {GRAPH_KEY: export_config.role}
+    metadata = OnnxMetadata(config_json=cfg.to_json(), checkpoint_sha256=checkpoint_sha256,
+                            precision=Precision.FP32, other=other)
+    proto = finalize(program.model_proto, export_config.opset, metadata, role=export_config.role,
+                     matching_score_nodes=export_config.matching_score_nodes)
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     custom = sum(1 for n in proto.graph.node if n.domain == MATCHING_SCORE.domain)
     return ExportedModel(path, export_config.opset, len(proto.graph.node), custom)
 
 
-def finalize(proto: onnx.ModelProto, opset: int, metadata: OnnxMetadata) -> onnx.ModelProto:
+def finalize(proto: onnx.ModelProto, opset: int, metadata: OnnxMetadata, *, role: str = "serving",
+             matching_score_nodes: int = 1) -> onnx.ModelProto:
     """Add the FunctionProto, readable names and metadata; validate."""
     custom = [n for n in proto.graph.node if n.domain == MATCHING_SCORE.domain]
-    if len(custom) != 1 or custom[0].op_type != MATCHING_SCORE.op_type:
-        raise StageError(f"export produced {len(custom)} {MATCHING_SCORE.domain} nodes, expected exactly one "
-                         f"{MATCHING_SCORE.op_type}")
+    if len(custom) != matching_score_nodes or any(n.op_type != MATCHING_SCORE.op_type for n in custom):
+        raise StageError(f"export of the {role} graph produced {len(custom)} {MATCHING_SCORE.domain} nodes, "
+                         f"expected {matching_score_nodes} {MATCHING_SCORE.op_type}")
     del proto.functions[:]
-    proto.functions.append(reference_function(opset))
+    if custom:
+        proto.functions.append(reference_function(opset))
+    else:  # no custom node: drop the custom domain's opset import the exporter may have left
+        keep = [o for o in proto.opset_import if o.domain != MATCHING_SCORE.domain]
+        del proto.opset_import[:]
+        proto.opset_import.extend(keep)
     clean_graph(proto.graph)
     proto.producer_name = "onerank-export"
     proto.producer_version = __version__
-    proto.doc_string = "OneRank serving graph (request-structured) with onerank::MatchingScore"
+    proto.doc_string = DOC_STRINGS[role]
     metadata.apply(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)

@@ -11,6 +11,11 @@ computes queries for the task tokens only: nothing reads the candidate tokens' l
 
 The module holds the reference model as a submodule and reads its parameters: no copies.
 When exported, the scorer becomes the `onerank::MatchingScore` custom node.
+
+The user side reads the history only, so the graph splits there (`user_states` /
+`score_candidates`): `UserEncoderGraph` and `CandidateScorerGraph` are the two halves exported on
+their own for the cross-request user-state cache (user_states.py names the tensors between them);
+the single graph is exactly their composition, the same code.
 """
 
 from __future__ import annotations
@@ -52,17 +57,14 @@ class ServingGraph(nn.Module):
 
     def forward(self, hist_item_ids: torch.Tensor, hist_action_ids: torch.Tensor, context_ids: torch.Tensor,
                 cand_item_ids: torch.Tensor, cand_features: torch.Tensor) -> torch.Tensor:
+        states = self.user_states(hist_item_ids, hist_action_ids)
+        return self.score_candidates(states, context_ids, cand_item_ids, cand_features)
+
+    def user_states(self, hist_item_ids: torch.Tensor, hist_action_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The user side, which reads the history only: (key_mask [B, 1, U, 1], then each layer's
+        keys and values [B, H, U, dh]) in `user_states.state_specs` order."""
         m = self.model
         x_u, valid_u = m.embed_user(hist_item_ids, hist_action_ids)
-        x_g = m.embed_groups(cand_item_ids, cand_features)
-        r = self.encode(x_u, valid_u, x_g)
-        cand_valid = cand_item_ids != 0
-        _, z = m.task_heads(r, context_ids, cand_valid)
-        return self.score(z, r, cand_valid)
-
-    def encode(self, x_u: torch.Tensor, valid_u: torch.Tensor, x_g: torch.Tensor) -> torch.Tensor:
-        """x_u [B, U, d], valid_u [B, U], x_g [B, N, K+1, d] -> r [B, N, K, d]."""
-        b, n, g, d = x_g.shape
         u = x_u.shape[1]
         # Additive masks, built once per request and reused by every layer.
         pos = torch.arange(u, device=x_u.device)
@@ -73,11 +75,30 @@ class ServingGraph(nn.Module):
         key_pos = torch.where(valid_u, pos, u)  # [B, U]
         user_bias = (key_pos[:, None, None, :] > pos[:, None]).to(x_u.dtype) * MASKED_SCORE  # [B, 1, U, U]
         # The candidates' key mask is a GEMM operand (see ServingEncoderLayer): finite MASKED_SCORE.
-        key_mask = torch.where(valid_u, 0.0, MASKED_SCORE)[:, None, :, None]  # [B, 1, U, 1]
+        states = [torch.where(valid_u, 0.0, MASKED_SCORE)[:, None, :, None]]  # [B, 1, U, 1]
+        for i, layer in enumerate(self.encoder):
+            x_u, k_u, v_u = layer.user_step(x_u, user_bias, last=i == len(self.encoder) - 1)
+            states += [k_u, v_u]
+        return tuple(states)
+
+    def score_candidates(self, states: tuple[torch.Tensor, ...], context_ids: torch.Tensor,
+                         cand_item_ids: torch.Tensor, cand_features: torch.Tensor) -> torch.Tensor:
+        """The candidate side: scores [B, N, K] from the user states and the rest of the request."""
+        m = self.model
+        r = self.encode_groups(states, m.embed_groups(cand_item_ids, cand_features))
+        cand_valid = cand_item_ids != 0
+        _, z = m.task_heads(r, context_ids, cand_valid)
+        return self.score(z, r, cand_valid)
+
+    def encode_groups(self, states: tuple[torch.Tensor, ...], x_g: torch.Tensor) -> torch.Tensor:
+        """x_g [B, N, K+1, d] against the user states -> r [B, N, K, d]."""
+        b, n, g, d = x_g.shape
+        key_mask, kv = states[0], states[1:]
         x_g = x_g.reshape(b, n * g, d)
         for i, layer in enumerate(self.encoder):
             last = i == len(self.encoder) - 1
-            x_u, x_g = layer(x_u, x_g, user_bias, key_mask, self.half_bias, n, g, task_rows_only=last)
+            x_g = layer.group_step(x_g, kv[2 * i], kv[2 * i + 1], key_mask, self.half_bias, n, g,
+                                   task_rows_only=last)
         return self.model.norm_enc(x_g).view(b, n, g - 1, d)
 
     def score(self, z: torch.Tensor, r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -95,6 +116,36 @@ class ServingGraph(nn.Module):
         return matching_score(z, r, valid, scale)
 
 
+class UserEncoderGraph(nn.Module):
+    """The serving graph's user side on its own: history -> user states (the cache's values)."""
+
+    def __init__(self, serving: ServingGraph) -> None:
+        super().__init__()
+        # The serving graph's own modules under the same names, so node scopes match the single graph's.
+        self.model, self.encoder = serving.model, serving.encoder
+        self.__dict__["serving"] = serving
+
+    def forward(self, hist_item_ids: torch.Tensor, hist_action_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.serving.user_states(hist_item_ids, hist_action_ids)
+
+
+class CandidateScorerGraph(nn.Module):
+    """The serving graph's candidate side on its own: user states + context + candidates -> scores.
+
+    Inputs in `user_states.scorer_input_names` order: the states, then context_ids, cand_item_ids,
+    cand_features."""
+
+    def __init__(self, serving: ServingGraph) -> None:
+        super().__init__()
+        self.model, self.encoder = serving.model, serving.encoder
+        self.__dict__["serving"] = serving
+        self.num_states = 1 + 2 * len(serving.encoder)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        states, (context_ids, cand_item_ids, cand_features) = inputs[:self.num_states], inputs[self.num_states:]
+        return self.serving.score_candidates(tuple(states), context_ids, cand_item_ids, cand_features)
+
+
 class ServingEncoderLayer(nn.Module):
     """One encoder layer applied per request: user context once, candidate groups against it."""
 
@@ -107,21 +158,38 @@ class ServingEncoderLayer(nn.Module):
         pick = torch.eye(dh + 3)[-2:] * dh**-0.5
         self.register_buffer("pick_keys", pick.view(1, 1, 2, dh + 3), persistent=False)
 
-    def forward(self, x_u: torch.Tensor, x_g: torch.Tensor, user_bias: torch.Tensor, key_mask: torch.Tensor,
-                half_bias: torch.Tensor, n: int, g: int, task_rows_only: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_u [B, U, d], x_g [B, N(K+1), d] -> both after one encoder layer.
+    def user_step(self, x_u: torch.Tensor, user_bias: torch.Tensor, *, last: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_u [B, U, d] -> (x_u after this layer, keys, values [B, H, U, dh]).
+
+        The user context: causal self-attention, computed once per request. After the last layer
+        only its keys and values are read (by the candidates), so `last` skips the rest.
+        """
+        layer = self.layer
+        b, u, d = x_u.shape
+        h = layer.n_heads
+        q_u, k_u, v_u = _heads(layer, x_u, h).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, U, dh]
+        if last:
+            return x_u, k_u, v_u
+        p_u = torch.softmax(q_u @ k_u.transpose(-1, -2) * (d // h) ** -0.5 + user_bias, dim=-1)
+        o_u = p_u @ v_u
+        x_u = x_u + layer.out(o_u.transpose(1, 2).reshape(b, u, d))
+        return x_u + layer.ffn(layer.norm_ffn(x_u)), k_u, v_u
+
+    def group_step(self, x_g: torch.Tensor, k_u: torch.Tensor, v_u: torch.Tensor, key_mask: torch.Tensor,
+                   half_bias: torch.Tensor, n: int, g: int, task_rows_only: bool = False) -> torch.Tensor:
+        """x_g [B, N(K+1), d] against this layer's user keys/values [B, H, U, dh] -> x_g after the layer.
 
         task_rows_only (the last layer): the candidate tokens' own outputs feed nothing after the
         last layer, only their keys and values do, so queries are the K task rows of each group
         and x_g comes back as [B, N K, d].
         """
         layer = self.layer
-        b, u, d = x_u.shape
+        b, _, d = x_g.shape
+        u = k_u.shape[2]
         h = layer.n_heads
         dh = d // h
         scale = dh**-0.5
-        q_u, k_u, v_u = _heads(layer, x_u, h).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, U, dh]
         # The candidates' q, k, v stay token-major [B, N, K+1, H, dh]: k and v are only used in
         # per-row dot products, and only q goes through the per-head GEMM (one transpose, not three).
         q5, k5, v5 = (t.view(b, n, g, h, dh) for t in _heads(layer, x_g, h).unbind(2))
@@ -130,10 +198,6 @@ class ServingEncoderLayer(nn.Module):
             q5, k_self, v_self, half_bias = q5[:, :, 1:], k5[:, :, 1:], v5[:, :, 1:], half_bias[1:]
             x_res = x_g.view(b, n, g, d)[:, :, 1:].reshape(b, -1, d)
         rows = q5.shape[1] * q5.shape[2]
-
-        # User context: causal self-attention, computed once per request.
-        p_u = torch.softmax(q_u @ k_u.transpose(-1, -2) * scale + user_bias, dim=-1)
-        o_u = p_u @ v_u
 
         # Candidate groups: one softmax over [user keys ; candidate token ; self]. A group token
         # sees its own candidate token and itself (model.group_pattern), so those two scores are
@@ -153,11 +217,8 @@ class ServingEncoderLayer(nn.Module):
         p_cand, p_self = p[..., u:].transpose(1, 2).reshape(b, n, -1, h, 2).split(1, dim=-1)
         o_g = (p @ v_ext).transpose(1, 2) + (p_cand * v5[:, :, :1] + p_self * v_self).reshape(b, rows, h, dh)
 
-        x_u = x_u + layer.out(o_u.transpose(1, 2).reshape(b, u, d))
         x_g = x_res + layer.out(o_g.reshape(b, rows, d))
-        x_u = x_u + layer.ffn(layer.norm_ffn(x_u))
-        x_g = x_g + layer.ffn(layer.norm_ffn(x_g))
-        return x_u, x_g
+        return x_g + layer.ffn(layer.norm_ffn(x_g))
 
 
 def _heads(layer: EncoderLayer, x: torch.Tensor, n_heads: int) -> torch.Tensor:
