@@ -8,3 +8,6 @@ CONFIG_PARAMETER = "onerank.config"  # the OneRank config as JSON: limits for cl
 PRECISION_PARAMETER = "onerank.precision"
 PLUGIN_PARAMETER = "onerank.plugin_library"  # path of the plugin relative to the build dir, for TensorRT models
 THREADS_PARAMETER = "intra_op_threads"  # ONNX Runtime threads of the python-backend model
+# build --user-cache: the python-backend model's two halves, in its version directory
+USER_ENCODER_FILE = "user_encoder.onnx"
+CANDIDATE_SCORER_FILE = "candidate_scorer.onnx"

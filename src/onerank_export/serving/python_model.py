@@ -4,6 +4,11 @@ Copied verbatim to `model_repository/onerank/1/model.py` by a cpu-target `build`
 inputs, outputs and dims as the production configs, and validates every request against the
 serving contract (the `onerank.config` parameter of its config.pbtxt) before running it, so a
 bad request gets a one-line error and the model keeps serving.
+
+With `build --user-cache` the version directory holds the user encoder and the candidate scorer
+instead of model.onnx, and the same model serves through the cross-request user-state cache
+(serving/cached_scoring.py), exporting its hits, misses, bytes, evictions and encoder time as
+Triton custom metrics (serving/cache_metrics.py).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from onerank_export import spec  # noqa: E402
 from onerank_export.config import OneRankConfig  # noqa: E402
 from onerank_export.errors import RequestError  # noqa: E402
 from onerank_export.export.ort_session import cpu_session  # noqa: E402
-from onerank_export.serving.parameters import CONFIG_PARAMETER, THREADS_PARAMETER  # noqa: E402
+from onerank_export.serving.parameters import CONFIG_PARAMETER, THREADS_PARAMETER, USER_ENCODER_FILE  # noqa: E402
 
 
 def _client_error(message: str):
@@ -42,8 +47,18 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
         self.config = OneRankConfig.from_dict(json.loads(params[CONFIG_PARAMETER]), source="config.pbtxt")
         self.max_batch = int(model_config["max_batch_size"])
-        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-        self.session = cpu_session(path, int(params.get(THREADS_PARAMETER, "1")), inter_op_threads=1)
+        version = os.path.join(args["model_repository"], args["model_version"])
+        threads = int(params.get(THREADS_PARAMETER, "1"))
+        self.cached = None
+        if os.path.exists(os.path.join(version, USER_ENCODER_FILE)):
+            from onerank_export.serving.cache_metrics import CacheMetrics
+            from onerank_export.serving.cached_scoring import open_cached_scorer
+
+            self.cached = open_cached_scorer(self.config, version, params, threads)
+            self.metrics = CacheMetrics(pb_utils, args["model_name"], args["model_version"])
+            self.session = None
+        else:
+            self.session = cpu_session(os.path.join(version, "model.onnx"), threads, inter_op_threads=1)
 
     def execute(self, requests: list) -> list:
         """Requests that Triton's dynamic batcher hands over together and that share L and N run as
@@ -81,7 +96,7 @@ class TritonPythonModel:
         batch = members[0][1] if len(members) == 1 else {
             t.name: np.concatenate([feed[t.name] for _, feed in members]) for t in spec.INPUTS}
         try:
-            (scores,) = self.session.run(list(spec.OUTPUT_NAMES), batch)
+            scores = self._score(batch)
         except Exception as exc:  # the model keeps serving; each request gets its own run's answer
             if len(members) > 1:  # one request must not fail the others it was stacked with
                 for member in members:
@@ -93,5 +108,12 @@ class TritonPythonModel:
         for (i, _), rows in zip(members, np.split(scores, np.cumsum(sizes)[:-1]), strict=True):
             responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor("scores", np.ascontiguousarray(rows))])
 
+    def _score(self, batch: dict) -> np.ndarray:
+        if self.cached is None:
+            return self.session.run(list(spec.OUTPUT_NAMES), batch)[0]
+        scored = self.cached.score(batch)
+        self.metrics.update(self.cached.cache.stats(), scored.encoder_seconds)
+        return scored.scores
+
     def finalize(self) -> None:
-        self.session = None
+        self.session = self.cached = None

@@ -1,0 +1,100 @@
+"""Scoring with the cross-request user-state cache: history key -> cached states, or the user
+encoder on a miss -> the candidate scorer.
+
+One class for every place that serves the cached path: the Triton python-backend model
+(serving/cached_python_model.py), `build`'s and `verify`'s parity runners and the benchmark, so
+what is measured and checked is what is served. Torch-free (the python backend stub has no torch).
+
+Exactness: the scorer reads exactly the encoder's outputs, whether they come from the cache or
+from a run; the key is the model identity plus the exact history tensors (serving/user_cache.py),
+so a changed history, a different model or a different precision can never be served stale
+states. Rows of one batch with the same key run the encoder once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onerank_export.config import OneRankConfig
+from onerank_export.io import sha256_file
+from onerank_export.serving.user_cache import TieredStateCache, history_keys
+from onerank_export.user_states import ENCODER_INPUTS, SCORER_REQUEST_INPUTS, state_names
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    scores: np.ndarray  # [B, N, K]
+    hits: int  # rows whose states came from the cache
+    misses: int  # rows whose states were computed (encoder run on the distinct ones)
+    encoder_seconds: float  # time in the user encoder for this batch (0 on an all-hit batch)
+
+
+def model_identity(encoder_onnx: Path, metadata: Mapping[str, str]) -> str:
+    """What a cache entry belongs to: checkpoint, precision and the exact encoder file. A rebuilt or
+    re-calibrated encoder is a new identity, so its entries never mix with an old one's."""
+    checkpoint = metadata.get("onerank.checkpoint_sha256", "unknown")
+    precision = metadata.get("onerank.precision", "unknown")
+    return f"onerank/{checkpoint}/{precision}/{sha256_file(encoder_onnx)}"
+
+
+class CachedUserScorer:
+    """`encoder` and `scorer` are ONNX Runtime sessions (or anything with `run(outputs, feed)`)."""
+
+    def __init__(self, config: OneRankConfig, encoder, scorer, cache: TieredStateCache, identity: str) -> None:
+        self.encoder, self.scorer, self.cache, self.identity = encoder, scorer, cache, identity
+        self.names = state_names(config)
+
+    def score(self, feed: Mapping[str, np.ndarray]) -> ScoredBatch:
+        """`feed`: a request already checked against the serving contract."""
+        hist = [np.ascontiguousarray(feed[n]) for n in ENCODER_INPUTS]
+        keys = history_keys(self.identity, *hist)
+        found = self.cache.get_many(keys)
+        missing = [i for i, s in enumerate(found) if s is None]
+        seconds = 0.0
+        if missing:
+            first: dict[bytes, int] = {}  # one encoder row per distinct history
+            for i in missing:
+                first.setdefault(keys[i], i)
+            rows = np.fromiter(first.values(), dtype=np.int64)
+            started = time.perf_counter()
+            outputs = self.encoder.run(list(self.names), {n: h[rows] for n, h in zip(ENCODER_INPUTS, hist,
+                                                                                    strict=True)})
+            seconds = time.perf_counter() - started
+            computed = {key: {n: out[j] for n, out in zip(self.names, outputs, strict=True)}
+                        for j, key in enumerate(first)}
+            self.cache.put_many(list(computed.items()))
+            for i in missing:
+                found[i] = computed[keys[i]]
+        states = {n: _stack([s[n] for s in found]) for n in self.names}
+        (scores,) = self.scorer.run(None, {**states, **{n: feed[n] for n in SCORER_REQUEST_INPUTS}})
+        return ScoredBatch(scores, len(keys) - len(missing), len(missing), seconds)
+
+
+def _stack(rows: list[np.ndarray]) -> np.ndarray:
+    # One row: a view with a batch axis, no copy (the cache's arrays are contiguous and read-only;
+    # ONNX Runtime only reads its inputs).
+    return rows[0][None] if len(rows) == 1 else np.stack(rows)
+
+
+def open_cached_scorer(config: OneRankConfig, version_dir: str | Path, parameters: Mapping[str, str],
+                       threads: int) -> CachedUserScorer:
+    """The cached scorer of a python-backend model's version directory (USER_ENCODER_FILE and
+    CANDIDATE_SCORER_FILE), its cache built from the model's `user_cache_*` parameters."""
+    import onnx
+
+    from onerank_export.export.metadata import model_metadata
+    from onerank_export.export.ort_session import cpu_session
+    from onerank_export.serving.parameters import CANDIDATE_SCORER_FILE, USER_ENCODER_FILE
+    from onerank_export.serving.user_cache import CacheSettings, build_cache
+
+    encoder_path = Path(version_dir) / USER_ENCODER_FILE
+    settings = CacheSettings.from_parameters(parameters)
+    metadata = model_metadata(onnx.load(str(encoder_path), load_external_data=False))
+    encoder = cpu_session(str(encoder_path), threads, inter_op_threads=1)
+    scorer = cpu_session(str(Path(version_dir) / CANDIDATE_SCORER_FILE), threads, inter_op_threads=1)
+    return CachedUserScorer(config, encoder, scorer, build_cache(settings), model_identity(encoder_path, metadata))
