@@ -88,6 +88,11 @@ void checkRuntimeLifecycle(IPluginV3OneRuntime& prototype, IPluginV3OneRuntime& 
     // then 100 created and destroyed in turn, the driver reusing context and module handle values; fp16 and fp32.
     Recorder cycleRecorder;
     ResourceContext cycleContext(&cycleRecorder);
+    // Their prototype has kernels of its own (as after the builder's onShapeChange): clones must load their own,
+    // never share or unload the prototype's.
+    IPluginV3* base = prototype.attachToContext(&cycleContext);
+    auto& baseRun = *static_cast<IPluginV3OneRuntime*>(base->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    CHECK(baseRun.onShapeChange(fp16, 3, &scoresDesc, 1) == 0 && liveModules() == 2 * kConfigs);
     int const loadedBefore = gDevice.modulesLoaded, unloadsBefore = gDevice.modulesUnloaded;
     int const launchesBefore = gDevice.launches;
     int failures = 0, enqueues = 0;
@@ -96,7 +101,7 @@ void checkRuntimeLifecycle(IPluginV3OneRuntime& prototype, IPluginV3OneRuntime& 
     for (size_t i = 0; i < alive.size(); ++i)
     {
         fakePhase("cycle setup");
-        alive[i].second = attachInNewContext(prototype, cycleContext, alive[i].first, i % 2 ? fp32 : fp16, scoresDesc);
+        alive[i].second = attachInNewContext(baseRun, cycleContext, alive[i].first, i % 2 ? fp32 : fp16, scoresDesc);
         failures += alive[i].second == nullptr ? 1 : 0;
     }
     for (int round = 0; round < 2; ++round)
@@ -121,7 +126,7 @@ void checkRuntimeLifecycle(IPluginV3OneRuntime& prototype, IPluginV3OneRuntime& 
         PluginTensorDesc const* desc = cycle % 2 ? fp32 : fp16;
         fakePhase("cycle setup");
         CUcontext cuda = nullptr;
-        IPluginV3* clone = attachInNewContext(prototype, cycleContext, cuda, desc, scoresDesc);
+        IPluginV3* clone = attachInNewContext(baseRun, cycleContext, cuda, desc, scoresDesc);
         handles.insert(cuda);
         failures += clone == nullptr ? 1 : 0;
         fakePhase("cycle enqueue");
@@ -134,14 +139,17 @@ void checkRuntimeLifecycle(IPluginV3OneRuntime& prototype, IPluginV3OneRuntime& 
         fakeDestroyContext(cuda);
     }
     CHECK(failures == 0 && enqueues == 240 && gDevice.launches == launchesBefore + 240);
-    CHECK(cycleRecorder.errors.empty() && cycleRecorder.refs == 0);
+    CHECK(cycleRecorder.errors.empty() && cycleRecorder.refs == 1); // base's
     Counts const inEnqueue = gDevice.counts["cycle enqueue"];
     CHECK(inEnqueue.moduleLoads == 0 && inEnqueue.allocations == 0 && inEnqueue.launches == 240);
     CHECK(gDevice.modulesLoaded - loadedBefore == 120 * kConfigs);
     CHECK(gDevice.modulesUnloaded - unloadsBefore == 120 * kConfigs && gDevice.badUnloads == 0);
-    CHECK(liveModules() == kConfigs);   // only `run`'s
-    CHECK(handles.size() == 20);        // the 100 cycles all reused one of the first 20 handle values
+    CHECK(liveModules() == 2 * kConfigs); // `run`'s and base's
+    CHECK(handles.size() == 20);          // the 100 cycles all reused one of the first 20 handle values
     CHECK(current() == home);
+    CHECK(baseRun.enqueue(fp16, &scoresDesc, inputs, outputs, nullptr, nullptr) == 0);
+    delete base;
+    CHECK(cycleRecorder.refs == 0 && liveModules() == kConfigs && gDevice.badUnloads == 0);
 
     // Contract broken (the CUDA context destroyed before its execution context): the modules died with the
     // context; deleting the clone must neither crash nor unload someone else's module.
