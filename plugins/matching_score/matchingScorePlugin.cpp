@@ -103,7 +103,8 @@ MatchingScorePlugin::MatchingScorePlugin(float scale) noexcept
 {
 }
 
-// A copy never shares the error recorder: only attachToContext() gives a clone one (with its own reference).
+// A copy never shares the error recorder (only attachToContext() gives a clone one, with its own reference) or
+// the loaded kernels (each object unloads its own).
 MatchingScorePlugin::MatchingScorePlugin(MatchingScorePlugin const& other) noexcept
     : nvinfer1::IPluginV3(other)
     , nvinfer1::IPluginV3OneCore(other)
@@ -115,6 +116,7 @@ MatchingScorePlugin::MatchingScorePlugin(MatchingScorePlugin const& other) noexc
 
 MatchingScorePlugin::~MatchingScorePlugin() noexcept
 {
+    unloadMatchingScoreKernels(mKernels); // an error means the CUDA context, and its modules, went first
     setErrorRecorder(nullptr);
 }
 
@@ -287,6 +289,37 @@ int32_t MatchingScorePlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in,
         reportError(why);
         return -1;
     }
+    return prepareKernels(in[spec::kInputZ].type);
+}
+
+// TensorRT calls onShapeChange inside enqueueV3 (same thread, same current CUDA context as the enqueue that
+// follows) when shapes, tensor addresses or the profile changed, so before the first enqueue of every execution
+// context, and in the builder before it times enqueue. Loading here keeps module loads and PTX JIT out of
+// enqueue, which CUDA-graph capture may record; later calls cost one cuCtxGetCurrent.
+int32_t MatchingScorePlugin::prepareKernels(DataType type) noexcept
+{
+    if (type != DataType::kFLOAT && type != DataType::kHALF)
+    {
+        reportError("z must be fp32 or fp16");
+        return -1;
+    }
+    bool const half = type == DataType::kHALF;
+    CUcontext current = nullptr;
+    if (cuCtxGetCurrent(&current) == CUDA_SUCCESS && current != nullptr && current == mKernels.context
+        && half == mKernels.half)
+    {
+        return 0;
+    }
+    unloadMatchingScoreKernels(mKernels); // another type, or another context (TensorRT does not do that)
+    LaunchMessage message{};
+    CUresult const status = half ? loadMatchingScoreKernels<__half>(mKernels, message)
+                                 : loadMatchingScoreKernels<float>(mKernels, message);
+    if (status != CUDA_SUCCESS)
+    {
+        reportError(message.text);
+        return static_cast<int32_t>(status);
+    }
+    logMessage(Severity::kINFO, "%s: %s", spec::kPluginName, message.text);
     return 0;
 }
 
@@ -320,11 +353,12 @@ int32_t MatchingScorePlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc
     {
     case DataType::kFLOAT:
         status = launchMatchingScore(static_cast<float const*>(inputs[spec::kInputZ]),
-            static_cast<float const*>(inputs[spec::kInputR]), valid, scores, shape, mScale, stream, message);
+            static_cast<float const*>(inputs[spec::kInputR]), valid, scores, shape, mScale, mKernels, stream, message);
         break;
     case DataType::kHALF:
         status = launchMatchingScore(static_cast<__half const*>(inputs[spec::kInputZ]),
-            static_cast<__half const*>(inputs[spec::kInputR]), valid, scores, shape, mScale, stream, message);
+            static_cast<__half const*>(inputs[spec::kInputR]), valid, scores, shape, mScale, mKernels, stream,
+            message);
         break;
     default: std::snprintf(message.text, sizeof(message.text), "unsupported input type"); break;
     }
@@ -332,10 +366,6 @@ int32_t MatchingScorePlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc
     {
         reportError(message.text);
         return static_cast<int32_t>(status);
-    }
-    if (message.text[0] != '\0') // the first launch in a context says which image it loaded
-    {
-        logMessage(Severity::kINFO, "%s: %s", spec::kPluginName, message.text);
     }
     return 0;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "NvInferRuntime.h"
+#include "matchingScoreKernel.h"
 
 #include <array>
 
@@ -58,9 +59,12 @@ private:
     //! Logs through TensorRT's logger and, at runtime, the execution context's error recorder.
     void reportError(char const* message) const noexcept;
     void setErrorRecorder(nvinfer1::IErrorRecorder* recorder) noexcept;
+    //! Loads the kernels for `type` into the current CUDA context unless they are there already.
+    int32_t prepareKernels(nvinfer1::DataType type) noexcept;
 
     float mScale;
     nvinfer1::IErrorRecorder* mErrorRecorder{nullptr}; // owned reference (incRefCount) once attached
+    LoadedKernels mKernels{}; // this object's own modules: never copied, unloaded by the destructor
     std::array<nvinfer1::PluginField, 1> mSerializedFields{};
     nvinfer1::PluginFieldCollection mSerialized{};
 };

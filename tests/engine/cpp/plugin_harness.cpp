@@ -14,10 +14,32 @@
 #include "fake_cuda_driver.h"
 
 #include <cstdio>
+#include <cstdlib>
+#include <new>
 #include <string>
 #include <vector>
 
 using namespace nvinfer1;
+
+// Host allocations, counted to show enqueue makes none (replaceable global operator new).
+int gHostAllocations = 0;
+void* operator new(std::size_t size)
+{
+    ++gHostAllocations;
+    if (void* p = std::malloc(size == 0 ? 1 : size))
+    {
+        return p;
+    }
+    throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept
+{
+    std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept
+{
+    std::free(p);
+}
 
 namespace
 {
@@ -144,6 +166,8 @@ IPluginV3* create(IPluginCreatorV3One& creator, std::vector<PluginField> const& 
     return creator.createPlugin("matching_score", &fc, TensorRTPhase::kBUILD);
 }
 } // namespace
+
+#include "plugin_lifecycle_checks.h" // uses CHECK, Recorder, ResourceContext and gLogger above
 
 int main(int argc, char** argv)
 {
@@ -280,51 +304,61 @@ int main(int argc, char** argv)
     CHECK(restored != nullptr);
     delete restored;
 
-    // Runtime: attach to a context with an error recorder, then enqueue through the launcher.
+    // Runtime: attach to a context with an error recorder; onShapeChange loads the kernels into the current CUDA
+    // context, and enqueue (the very first one too) only launches.
+    gDevice = FakeDevice{};
+    gDevice.major = 8;
+    gDevice.minor = 6;
     Recorder recorder;
     ResourceContext context(&recorder);
+    fakePhase("attachToContext");
     IPluginV3* attached = copyRuntime->attachToContext(&context);
     CHECK(attached != nullptr && recorder.refs == 1);
     auto* run = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
     PluginTensorDesc inDesc[3] = {{zDims, DataType::kHALF, TensorFormat::kLINEAR, 1.0F},
         {rDims, DataType::kHALF, TensorFormat::kLINEAR, 1.0F}, {vDims, DataType::kINT32, TensorFormat::kLINEAR, 1.0F}};
     PluginTensorDesc scoresDesc{sDims, DataType::kFLOAT, TensorFormat::kLINEAR, 1.0F};
+    fakePhase("onShapeChange");
     CHECK(run->onShapeChange(inDesc, 3, &scoresDesc, 1) == 0);
+    CHECK(gDevice.counts["attachToContext"].moduleLoads == 0);
+    CHECK(gDevice.counts["onShapeChange"].moduleLoads == k::kNumLaunchConfigs && liveModules() == k::kNumLaunchConfigs);
     alignas(256) static unsigned char memory[4096];
     void const* inputs[3] = {memory, memory + 1024, memory + 2048};
     void* outputs[1] = {memory + 3072};
-    gDevice = FakeDevice{};
-    gDevice.major = 8;
-    gDevice.minor = 6;
+    fakePhase("enqueue");
+    int const newsBefore = gHostAllocations;
     CHECK(run->enqueue(inDesc, &scoresDesc, inputs, outputs, nullptr, nullptr) == 0);
-    CHECK(gDevice.launches == 1 && gDevice.loads.size() == 1 && gDevice.loads[0].accepted);
+    CHECK(run->enqueue(inDesc, &scoresDesc, inputs, outputs, nullptr, nullptr) == 0);
+    Counts const inEnqueue = gDevice.counts["enqueue"];
+    CHECK(inEnqueue.moduleLoads == 0 && inEnqueue.moduleUnloads == 0 && inEnqueue.allocations == 0);
+    CHECK(inEnqueue.launches == 2 && gHostAllocations == newsBefore); // no operator new either
     CHECK(gDevice.ints[0] == 42 && gDevice.ints[1] == 3 && gDevice.ints[2] == 21 && gDevice.ints[3] == 64);
-    CHECK(gDevice.scale == scale && k::kImages[gDevice.loads[0].image].dtype == k::ScoreDtype::kFLOAT16);
+    CHECK(gDevice.scale == scale && k::kImages[gDevice.launchedImage].dtype == k::ScoreDtype::kFLOAT16);
     CHECK(recorder.errors.empty());
-
-    gDevice = FakeDevice{};
-    gDevice.major = 7;
-    gDevice.minor = 5;
-    gDevice.context = 2;
-    CHECK(run->enqueue(inDesc, &scoresDesc, inputs, outputs, nullptr, nullptr) == CUDA_ERROR_NO_BINARY_FOR_GPU);
-    CHECK(gDevice.launches == 0 && recorder.errors.size() == 1);
-    CHECK(!recorder.errors.empty() && recorder.errors[0].find("sm_75") != std::string::npos);
-    CHECK(!gLogger.errors.empty() && gLogger.errors.back().find("sm_75") != std::string::npos);
+    fakePhase("onShapeChange again"); // same context and type: nothing reloaded
+    CHECK(run->onShapeChange(inDesc, 3, &scoresDesc, 1) == 0);
+    CHECK(gDevice.counts["onShapeChange again"].moduleLoads == 0 && liveModules() == k::kNumLaunchConfigs);
 
     PluginTensorDesc wrong[3] = {inDesc[0], inDesc[1], {dims({2, 8}), DataType::kINT32, TensorFormat::kLINEAR, 1.0F}};
-    CHECK(run->onShapeChange(wrong, 3, &scoresDesc, 1) != 0 && recorder.errors.size() == 2);
+    CHECK(run->onShapeChange(wrong, 3, &scoresDesc, 1) != 0 && recorder.errors.size() == 1);
 
     // A one-byte mask never reaches the kernel, which reads four bytes per candidate.
     PluginTensorDesc boolDesc[3] = {inDesc[0], inDesc[1], {vDims, DataType::kBOOL, TensorFormat::kLINEAR, 1.0F}};
-    gDevice = FakeDevice{};
-    gDevice.major = 8;
-    gDevice.minor = 6;
+    fakePhase("enqueue bool");
     CHECK(run->enqueue(boolDesc, &scoresDesc, inputs, outputs, nullptr, nullptr) != 0);
-    CHECK(gDevice.launches == 0 && recorder.errors.size() == 3);
-    CHECK(recorder.errors.size() == 3 && recorder.errors[2].find("int32") != std::string::npos);
+    CHECK(gDevice.counts["enqueue bool"].launches == 0 && recorder.errors.size() == 2);
+    CHECK(recorder.errors.size() == 2 && recorder.errors[1].find("int32") != std::string::npos);
 
+    checkRuntimeLifecycle(*copyRuntime, *run, inDesc, scoresDesc, inputs, outputs);
+
+    fakeSetCurrent(nullptr); // TensorRT may destroy an execution context where no CUDA context is current
+    fakePhase("destroy");
     delete attached;
     CHECK(recorder.refs == 0); // the reference taken in attachToContext is released
+    CHECK(gDevice.counts["destroy"].moduleUnloads == k::kNumLaunchConfigs && liveModules() == 0);
+    // Every module loaded was unloaded, except those of the context destroyed first (contract broken on purpose).
+    CHECK(gDevice.badUnloads == 0
+        && gDevice.modulesLoaded == gDevice.modulesUnloaded + gDevice.modulesFreedWithContext);
     delete copy;
     std::printf("%d failed checks\n", gFailures);
     return gFailures == 0 ? 0 : 1;

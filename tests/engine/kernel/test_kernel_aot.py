@@ -127,7 +127,8 @@ def test_generated_header_compiles_with_the_launcher(compiled):
 # ----- the plugin's launcher against a fake CUDA driver (tests/engine/cpp/launcher_harness.cpp) ----------------------
 
 HARNESS_SOURCE = Path(__file__).parents[1] / "cpp" / "launcher_harness.cpp"
-CUDA_ERROR_INVALID_VALUE, CUDA_ERROR_NO_BINARY_FOR_GPU = 1, 209
+CUDA_ERROR_INVALID_VALUE, CUDA_ERROR_OUT_OF_MEMORY, CUDA_ERROR_INVALID_CONTEXT = 1, 2, 201
+CUDA_ERROR_NO_BINARY_FOR_GPU = 209
 FP32, FP16 = 0, 1
 
 
@@ -145,13 +146,17 @@ def launcher(compiled, tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     def run(*scenarios: dict) -> list[dict]:
-        defaults = {"dtype": "fp32", "b": 2, "n": 7, "k": 3, "d": 64, "misalign": 0, "fail_cubin": 0, "repeat": 1}
-        args = [" ".join(f"{key}={value}" for key, value in {**defaults, "ctx": i + 1, **s}.items())
-                for i, s in enumerate(scenarios)]
+        defaults = {"dtype": "fp32", "b": 2, "n": 7, "k": 3, "d": 64, "misalign": 0, "fail_cubin": 0, "fail_after": -1,
+                    "switch_ctx": 0, "repeat": 1}
+        args = [" ".join(f"{key}={value}" for key, value in {**defaults, **s}.items()) for s in scenarios]
         result = subprocess.run([str(exe), *args], capture_output=True, text=True, check=True)
         return [json.loads(line) for line in result.stdout.splitlines()]
 
     return run
+
+
+def configs_loaded(res: dict) -> list[str]:
+    return [ld["config"] for ld in res["loads"] if ld["accepted"]]
 
 
 @pytest.mark.parametrize(("cc", "dtype", "kind", "sm"), [
@@ -162,15 +167,17 @@ def launcher(compiled, tmp_path_factory):
 def test_launcher_picks_an_image_the_device_runs(launcher, cc, dtype, kind, sm):
     (res,) = launcher({"cc": cc, "dtype": dtype})
     assert res["status"] == 0, res["messages"]
-    assert [(ld["kind"], ld["sm"], ld["accepted"]) for ld in res["loads"]] == [(kind, sm, True)]
-    assert res["loads"][0]["dtype"] == (FP16 if dtype == "fp16" else FP32)
-    assert res["launches"] == 1
+    # Every launch configuration is loaded up front: the one a launch takes depends on its pointers.
+    assert [(ld["kind"], ld["sm"], ld["accepted"]) for ld in res["loads"]] == [(kind, sm, True)] * len(LAUNCH_CONFIGS)
+    assert sorted(configs_loaded(res)) == sorted(c.name for c in LAUNCH_CONFIGS)
+    assert {ld["dtype"] for ld in res["loads"]} == {FP16 if dtype == "fp16" else FP32}
+    assert res["launches"] == 1 and res["launched"]["sm"] == sm
 
 
 def test_launcher_passes_the_kernels_arguments(launcher, compiled):
     images, _, _ = compiled
     (res,) = launcher({"cc": 86, "b": 2, "n": 7, "k": 3, "d": 64})
-    assert res["loads"][0]["config"] == "vec16"
+    assert res["launched"]["config"] == "vec16"
     vec16 = next(c for c in LAUNCH_CONFIGS if c.name == "vec16")
     rows = 2 * 7 * 3
     assert res["grid"] == -(-rows // vec16.block_rows) and res["block"] == vec16.num_warps * 32
@@ -185,28 +192,52 @@ def test_launcher_passes_the_kernels_arguments(launcher, compiled):
 def test_launcher_falls_back_to_the_generic_config(launcher, change, why):
     (res,) = launcher({"cc": 80, **change})
     generic = next(c for c in LAUNCH_CONFIGS if not c.aligned)
-    assert res["loads"][0]["config"] == generic.name, why
+    assert res["launched"]["config"] == generic.name, why
     assert res["grid"] == -(-42 // generic.block_rows)
 
 
 def test_launcher_jits_ptx_when_the_driver_rejects_the_cubin(launcher):
     (res,) = launcher({"cc": 90, "fail_cubin": 1})
-    assert [(ld["kind"], ld["sm"], ld["accepted"]) for ld in res["loads"]] == [("cubin", 90, False), ("ptx", 89, True)]
+    expected = [("cubin", 90, False), ("ptx", 89, True)] * len(LAUNCH_CONFIGS)
+    assert [(ld["kind"], ld["sm"], ld["accepted"]) for ld in res["loads"]] == expected
     assert res["status"] == 0 and "PTX (JIT)" in res["messages"]
+    assert res["launched"]["sm"] == 89
 
 
 def test_launcher_returns_errors_instead_of_launching(launcher):
     old_gpu, empty, too_many = launcher({"cc": 70}, {"cc": 80, "n": 0}, {"cc": 80, "b": 2**20, "n": 2**10, "k": 3})
     assert old_gpu["status"] == CUDA_ERROR_NO_BINARY_FOR_GPU and "sm_70" in old_gpu["messages"]
-    assert old_gpu["launches"] == 0
-    assert empty["status"] == 0 and empty["launches"] == 0 and empty["loads"] == []
+    assert old_gpu["launches"] == 0 and old_gpu["live_modules"] == 0
+    assert empty["status"] == 0 and empty["launches"] == 0
     assert too_many["status"] == CUDA_ERROR_INVALID_VALUE and too_many["launches"] == 0
 
 
-def test_launcher_loads_once_per_context(launcher):
+def test_a_launch_in_another_context_is_refused_and_loads_nothing(launcher):
+    (res,) = launcher({"cc": 86, "switch_ctx": 1})
+    assert res["status"] == CUDA_ERROR_INVALID_CONTEXT and res["launches"] == 0
+    assert "enqueue runs in CUDA context 0x10100 but onShapeChange loaded the kernels into 0x10000" in res["messages"]
+    assert res["calls"]["launch"]["module_loads"] == 0
+    # Unloading pushes the kernels' own context, whichever is current.
+    assert res["unload_status"] == 0 and res["live_modules"] == 0 and res["bad_unloads"] == 0
+
+
+def test_a_load_failing_part_way_leaves_no_module_behind(launcher):
+    (res,) = launcher({"cc": 80, "fail_after": 1})  # the driver runs out of memory after the first module
+    assert res["status"] == CUDA_ERROR_OUT_OF_MEMORY and "cannot load a kernel for sm_80 fp32" in res["messages"]
+    assert res["calls"]["load"]["module_unloads"] == 1 and res["live_modules"] == 0 and res["bad_unloads"] == 0
+    assert res["launches"] == 0
+
+
+def test_launches_load_and_allocate_nothing(launcher):
     (res,) = launcher({"cc": 86, "repeat": 3})
-    assert res["launches"] == 3 and len(res["loads"]) == 1
-    assert res["messages"].split("|")[1:] == ["", ""]  # only the first launch reports what it loaded
+    assert res["launches"] == 3 and res["status"] == 0
+    calls = res["calls"]
+    assert calls["load"]["module_loads"] == len(LAUNCH_CONFIGS) and calls["load"]["launches"] == 0
+    assert calls["launch"] == {"module_loads": 0, "module_unloads": 0, "allocations": 0, "launches": 3}
+    assert calls["unload"]["module_unloads"] == len(LAUNCH_CONFIGS)
+    assert res["unload_status"] == 0 and res["live_modules"] == 0 and res["bad_unloads"] == 0
+    assert res["messages"].split("|")[1:] == ["", "", ""]  # the load says what it loaded; launches say nothing
+    assert res["messages"].startswith("device sm_86 uses the sm_86 fp32 vec16 cubin, the sm_86 fp32 generic cubin")
 
 
 def test_cli_writes_the_same_artifacts(tmp_path):

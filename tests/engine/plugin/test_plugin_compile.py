@@ -66,12 +66,18 @@ def test_plugin_compiles_against_tensorrt_headers(toolchain, source, defines):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_plugin_behaves_as_tensorrt_drives_it(toolchain, tmp_path):
+@pytest.fixture(scope="module")
+def kernels_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("kernels")
+    aot.write_kernels(aot.compile_all((80, 86)), out)
+    return out
+
+
+def test_plugin_behaves_as_tensorrt_drives_it(toolchain, kernels_dir, tmp_path):
     cxx, trt, cuda = toolchain
-    aot.write_kernels(aot.compile_all((80, 86)), tmp_path / "kernels")
     exe = tmp_path / "plugin_harness"
     cmd = [cxx, "-std=c++17", "-O0", "-Wall", "-Wextra", "-Werror", "-isystem", str(trt), "-isystem", str(cuda),
-           f"-I{PLUGIN_DIR}", f"-I{HARNESS.parent}", f"-I{tmp_path / 'kernels'}", str(HARNESS), "-o", str(exe)]
+           f"-I{PLUGIN_DIR}", f"-I{HARNESS.parent}", f"-I{kernels_dir}", str(HARNESS), "-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     spec = MATCHING_SCORE
@@ -79,3 +85,31 @@ def test_plugin_behaves_as_tensorrt_drives_it(toolchain, tmp_path):
                          text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip().endswith("0 failed checks")
+
+
+# Every driver function the plugin library imports, all in CUDA drivers since 9.0 (cuFuncSetAttribute is the
+# newest). cuCtxGetId (CUDA 12.0) was imported until the process-wide cache keyed on it went (issue 12, defect 5):
+# on an older driver the dynamic linker aborted the process at its first call. A new import belongs here only if
+# the oldest driver TensorRT supports has it.
+DRIVER_IMPORTS = {"cuCtxGetCurrent", "cuCtxGetDevice", "cuCtxPopCurrent_v2", "cuCtxPushCurrent_v2",
+                  "cuDeviceGetAttribute", "cuFuncSetAttribute", "cuGetErrorName", "cuLaunchKernel",
+                  "cuModuleGetFunction", "cuModuleLoadData", "cuModuleLoadDataEx", "cuModuleUnload"}
+
+
+def test_plugin_library_imports_no_driver_function_newer_than_cuda_9(toolchain, kernels_dir, tmp_path):
+    cxx, trt, cuda = toolchain
+    if shutil.which("nm") is None:
+        pytest.skip("needs nm (binutils)")
+    library = tmp_path / "libonerank_plugins_dynamic.so"
+    sources = [str(PLUGIN_DIR / f) for f in ("matchingScorePlugin.cpp", "matchingScorePluginCreator.cpp",
+                                             "matchingScoreKernel.cpp", "pluginRegistration.cpp")]
+    cmd = [cxx, "-std=c++17", "-O1", "-shared", "-fPIC", "-fvisibility=hidden", "-DONERANK_STATIC_REGISTRATION=0",
+           "-isystem", str(trt), "-isystem", str(cuda), f"-I{PLUGIN_DIR}", f"-I{kernels_dir}", *sources,
+           "-o", str(library)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", str(library)], capture_output=True, text=True,
+                               check=True).stdout.split()
+    assert {name for name in undefined if name.startswith("cu")} == DRIVER_IMPORTS
+    # The harness's fake driver has no cuCtxGetId either: the plugin links and runs without it.
+    assert "cuCtxGetId(" not in (HARNESS.parent / "fake_cuda_driver.h").read_text()
