@@ -82,19 +82,27 @@ def _stack(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def open_cached_scorer(config: OneRankConfig, version_dir: str | Path, parameters: Mapping[str, str],
-                       threads: int) -> CachedUserScorer:
-    """The cached scorer of a python-backend model's version directory (USER_ENCODER_FILE and
-    CANDIDATE_SCORER_FILE), its cache built from the model's `user_cache_*` parameters."""
+                       threads: int, pb_utils=None) -> CachedUserScorer:
+    """The cached scorer of a python-backend model, its cache built from the model's `user_cache_*`
+    parameters: the halves as Triton models called through BLS when the parameters name them (a GPU
+    target: TensorRT models), else the ONNX files of its version directory run in-process."""
     import onnx
 
     from onerank_export.export.metadata import model_metadata
     from onerank_export.export.ort_session import cpu_session
-    from onerank_export.serving.parameters import CANDIDATE_SCORER_FILE, USER_ENCODER_FILE
+    from onerank_export.serving import parameters as names
     from onerank_export.serving.user_cache import CacheSettings, build_cache
 
-    encoder_path = Path(version_dir) / USER_ENCODER_FILE
     settings = CacheSettings.from_parameters(parameters)
+    if names.USER_ENCODER_MODEL_PARAMETER in parameters:
+        from onerank_export.serving.bls import BlsSession
+
+        encoder = BlsSession(pb_utils, parameters[names.USER_ENCODER_MODEL_PARAMETER], state_names(config))
+        scorer = BlsSession(pb_utils, parameters[names.CANDIDATE_SCORER_MODEL_PARAMETER], ("scores",))
+        return CachedUserScorer(config, encoder, scorer, build_cache(settings),
+                                parameters[names.USER_CACHE_IDENTITY_PARAMETER])
+    encoder_path = Path(version_dir) / names.USER_ENCODER_FILE
     metadata = model_metadata(onnx.load(str(encoder_path), load_external_data=False))
     encoder = cpu_session(str(encoder_path), threads, inter_op_threads=1)
-    scorer = cpu_session(str(Path(version_dir) / CANDIDATE_SCORER_FILE), threads, inter_op_threads=1)
+    scorer = cpu_session(str(Path(version_dir) / names.CANDIDATE_SCORER_FILE), threads, inter_op_threads=1)
     return CachedUserScorer(config, encoder, scorer, build_cache(settings), model_identity(encoder_path, metadata))

@@ -11,3 +11,8 @@ THREADS_PARAMETER = "intra_op_threads"  # ONNX Runtime threads of the python-bac
 # build --user-cache: the python-backend model's two halves, in its version directory
 USER_ENCODER_FILE = "user_encoder.onnx"
 CANDIDATE_SCORER_FILE = "candidate_scorer.onnx"
+# A GPU-target cached model calls the two halves as Triton models (serving/bls.py) named here, and
+# keys its cache on this identity (the models' files are not in its own directory).
+USER_ENCODER_MODEL_PARAMETER = "onerank.user_encoder_model"
+CANDIDATE_SCORER_MODEL_PARAMETER = "onerank.candidate_scorer_model"
+USER_CACHE_IDENTITY_PARAMETER = "onerank.user_cache_identity"

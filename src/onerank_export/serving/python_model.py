@@ -32,7 +32,12 @@ from onerank_export import spec  # noqa: E402
 from onerank_export.config import OneRankConfig  # noqa: E402
 from onerank_export.errors import RequestError  # noqa: E402
 from onerank_export.export.ort_session import cpu_session  # noqa: E402
-from onerank_export.serving.parameters import CONFIG_PARAMETER, THREADS_PARAMETER, USER_ENCODER_FILE  # noqa: E402
+from onerank_export.serving.parameters import (  # noqa: E402
+    CONFIG_PARAMETER,
+    THREADS_PARAMETER,
+    USER_ENCODER_FILE,
+    USER_ENCODER_MODEL_PARAMETER,
+)
 
 
 def _client_error(message: str):
@@ -50,11 +55,11 @@ class TritonPythonModel:
         version = os.path.join(args["model_repository"], args["model_version"])
         threads = int(params.get(THREADS_PARAMETER, "1"))
         self.cached = None
-        if os.path.exists(os.path.join(version, USER_ENCODER_FILE)):
+        if os.path.exists(os.path.join(version, USER_ENCODER_FILE)) or USER_ENCODER_MODEL_PARAMETER in params:
             from onerank_export.serving.cache_metrics import CacheMetrics
             from onerank_export.serving.cached_scoring import open_cached_scorer
 
-            self.cached = open_cached_scorer(self.config, version, params, threads)
+            self.cached = open_cached_scorer(self.config, version, params, threads, pb_utils)
             self.metrics = CacheMetrics(pb_utils, args["model_name"], args["model_version"])
             self.session = None
         else:
