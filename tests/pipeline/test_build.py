@@ -115,3 +115,39 @@ def test_the_repository_fits_its_target_and_the_manifest_says_why(capsys, tiny_c
             assert served and all(c["status"] == "skipped" and "CUDA" in c["reason"] for c in served)
     cpu_onnx = next(s for s in manifest["stages"] if s["name"] == "cpu onnx")
     assert cpu_onnx["status"] == ("ok" if target == "cpu" else "skipped")
+
+
+def test_user_cache_build_exports_checks_and_serves_the_halves(capsys, tiny_ckpt, tmp_path):
+    from onerank_export.serving.backend_rules import check_repository
+    from onerank_export.serving.model_config import read_config
+
+    out = tmp_path / "uc"
+    code, io = build(capsys, "--checkpoint", str(tiny_ckpt), "--out", str(out), "--precision", "none",
+                     "--engine", "skip", "--target", "cpu", "--user-cache", "--user-cache-bytes", "64MiB")
+    assert code == 0, io.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = [s["name"] for s in manifest["stages"]]
+    assert names[:3] == ["checkpoint", "export fp32", "user cache"]
+    stage = manifest["stages"][2]
+    assert stage["status"] == "ok" and stage["metrics"]["compose_max_abs"] <= 1e-6
+    assert stage["metrics"]["cache_bytes"] == 64 << 20 and manifest["options"]["user_cache"] is True
+    paths = {a["path"] for a in manifest["artifacts"]}
+    assert {"onnx/onerank.user_encoder.fp32.onnx", "onnx/onerank.candidate_scorer.fp32.onnx",
+            "model_repository/onerank/1/user_encoder.onnx", "model_repository/onerank/1/candidate_scorer.onnx"} <= paths
+    repo = out / "model_repository"
+    assert check_repository(repo, "cpu") == []
+    assert not (repo / "onerank" / "1" / "model.onnx").exists()
+    params = read_config(repo / "onerank" / "config.pbtxt").parameters
+    assert params["user_cache_bytes"].string_value == str(64 << 20)
+    parity = json.loads((out / "reports" / "parity.json").read_text())
+    cached = [c for c in parity["cases"] if c["runner"] == "user-cache-fp32"]
+    assert cached and all(c["status"] == "passed" for c in cached)
+    assert max(o["max_abs"] for c in cached for o in c["outputs"]) <= 1e-6
+
+
+def test_user_cache_on_a_gpu_target_is_refused_before_any_work(capsys, tiny_ckpt, tmp_path):
+    out = tmp_path / "uc-gpu"
+    code, io = build(capsys, "--checkpoint", str(tiny_ckpt), "--out", str(out), "--precision", "none",
+                     "--engine", "skip", "--target", "gpu", "--user-cache")
+    assert code == 1 and not out.exists()
+    assert "--user-cache" in io.err and "--target cpu" in io.err and len(io.err.strip().splitlines()) == 1
