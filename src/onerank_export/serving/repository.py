@@ -47,6 +47,16 @@ class UserCacheModels:
 
 
 @dataclass(frozen=True)
+class SplitModels:
+    """Split mode: the dense ONNX (item rows as inputs) and the embedding store the lookup reads."""
+
+    dense: Path
+    store: Path
+    dtype: str = "fp32"
+    oov: str = "pad"
+
+
+@dataclass(frozen=True)
 class ModelRepository:
     """What `write_model_repository` wrote: model names and every file, by manifest role."""
 
