@@ -110,7 +110,8 @@ def _check_no_item_table(proto: onnx.ModelProto, rows: int) -> None:
     for init in proto.graph.initializer:
         if len(init.dims) == 2 and init.dims[0] == rows:
             raise StageError(f"the dense graph holds initializer '{init.name}' {list(init.dims)} "
-                             "(item_vocab_size rows): the item table leaked into the split export; this is a bug in the serving graph")
+                             "(item_vocab_size rows): the item table leaked into the split export; "
+                             "this is a bug in the serving graph")
 
 
 @contextlib.contextmanager
