@@ -50,6 +50,13 @@ NONE = "none"
               help="In-process cache budget per model instance: bytes, or with KiB/MiB/GiB.")
 @click.option("--user-cache-redis", metavar="URL",
               help="redis:// URL of a shared cache tier across instances and hosts (default: none).")
+@click.option("--embeddings", type=click.Choice(["inline", "split", "auto"]), default="auto", show_default=True,
+              help="Item table inside the graph (inline), or in an embedding store read by a lookup model beside a "
+                   "dense graph (split; docs/embeddings.md); auto: split when the table is big.")
+@click.option("--embedding-dtype", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Split mode: the store's row storage (int8: row-wise, per-row scale), judged by the accuracy gates.")
+@click.option("--embedding-oov", type=click.Choice(["pad", "error"]), default="pad", show_default=True,
+              help="Split mode: ids outside the table read the pad row, or are refused (INVALID_ARGUMENT).")
 @click.option("--tolerances", type=existing_file,
               help='JSON {"fp16": {"atol": 0.005}, ...} overriding per-precision parity tolerances.')
 @click.option("--force", is_flag=True, help="Replace --out even if it is not an earlier build.")
@@ -58,6 +65,7 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
           calibration_data: Path | None, engine: str,
           plugin_library: Path | None, triton: bool, target: str, serving_profile: str, instances: int | None,
           threads: int | None, user_cache: bool, user_cache_bytes: str, user_cache_redis: str | None,
+          embeddings: str, embedding_dtype: str, embedding_oov: str,
           tolerances: Path | None, force: bool, seed: int) -> int:
     """Checkpoint -> ONNX (fp32, fp16, int8) -> parity -> TensorRT engines -> Triton repository + manifest."""
     from onerank_export.parity.verify import load_tolerances
@@ -69,13 +77,16 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
     if NONE in precisions and len(set(precisions)) > 1:
         raise click.BadParameter("'none' cannot be combined with other precisions", param_hint="--precision")
     chosen = REDUCED if not precisions else tuple(p for p in REDUCED if p.value in precisions)
+    if embeddings == "split" and not precisions:  # split mode builds the fp32 dense graph only, for now
+        chosen = ()
     options = BuildOptions(out=out, checkpoint=checkpoint, precisions=chosen, engine=engine,
                            plugin_library=plugin_library, triton=triton, calibration_method=calibration_method,
                            calibration_data=calibration_data, tolerances=load_tolerances(tolerances), force=force,
                            seed=seed, target=target, serving_profile=serving_profile, instances=instances,
                            threads=threads, user_cache=user_cache, user_cache_redis=user_cache_redis,
                            user_cache_bytes=CacheSettings.from_parameters(
-                               {"user_cache_bytes": user_cache_bytes}).max_bytes)
+                               {"user_cache_bytes": user_cache_bytes}).max_bytes,
+                           embeddings=embeddings, embedding_dtype=embedding_dtype, embedding_oov=embedding_oov)
     outcome = run_build(options, ConsoleUI())
     verdict = "[green]passed[/]" if outcome.passed else "[bold red]FAILED[/]"
     console.print(f"build {verdict} in {time.perf_counter() - started:.0f} s: {outcome.out}/manifest.json")

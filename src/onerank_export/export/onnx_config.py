@@ -164,3 +164,46 @@ class CandidateScorerOnnxConfig(OneRankOnnxConfig):
 
 USER_ENCODER_ONNX_CONFIG = UserEncoderOnnxConfig()
 CANDIDATE_SCORER_ONNX_CONFIG = CandidateScorerOnnxConfig()
+
+
+# ----- split mode: the dense graph takes the looked-up item rows (embeddings/split.py) ------------
+
+
+@dataclass(frozen=True)
+class SplitDenseOnnxConfig(OneRankOnnxConfig):
+    """The five contract tensors + hist_item_rows [B, L, d] + cand_item_rows [B, N, d] -> scores;
+    the item table stays out of the graph (it lives in the embedding store)."""
+
+    role: str = "dense"
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        from onerank_export.embeddings.split import DENSE_INPUT_NAMES
+
+        return DENSE_INPUT_NAMES
+
+    def module(self, serving):
+        from onerank_export.export.serving_graph import SplitDenseGraph
+
+        return SplitDenseGraph(serving)
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        from onerank_export.embeddings.split import ROW_INPUTS, row_axes
+
+        axes = OneRankOnnxConfig.dynamic_axes(self)
+        for row in ROW_INPUTS:
+            axes[row] = {i: a for i, a in enumerate(row_axes(row)) if a in spec.DYNAMIC_AXES}
+        return axes
+
+    def example_inputs(self, model: OneRankModel) -> tuple[torch.Tensor, ...]:
+        import torch
+
+        from onerank_export.embeddings.split import ROW_INPUTS
+
+        request = dict(zip(spec.INPUT_NAMES, OneRankOnnxConfig.example_inputs(self, model), strict=True))
+        with torch.no_grad():
+            rows = tuple(model.item_emb(request[ids]) for ids in ROW_INPUTS.values())
+        return (*request.values(), *rows)
+
+
+SPLIT_DENSE_ONNX_CONFIG = SplitDenseOnnxConfig()

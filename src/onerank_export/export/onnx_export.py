@@ -34,6 +34,8 @@ DOC_STRINGS = {
     "user_encoder": "OneRank user encoder: history -> each layer's user keys and values (user-state cache)",
     "candidate_scorer": "OneRank candidate scorer: user states + context + candidates -> scores, "
                         "with onerank::MatchingScore",
+    "dense": "OneRank dense graph (split mode): the serving graph taking the looked-up item rows as inputs "
+             "(hist_item_rows, cand_item_rows), with onerank::MatchingScore; the item table is in the embedding store",
 }
 
 
@@ -68,6 +70,8 @@ def export_onnx(model: OneRankModel, path: str | Path, *, checkpoint_sha256: str
                             precision=Precision.FP32, other=other)
     proto = finalize(program.model_proto, export_config.opset, metadata, role=export_config.role,
                      matching_score_nodes=export_config.matching_score_nodes)
+    if export_config.role == "dense":
+        _check_no_item_table(proto, cfg.item_vocab_size)
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     custom = sum(1 for n in proto.graph.node if n.domain == MATCHING_SCORE.domain)
@@ -99,6 +103,15 @@ def finalize(proto: onnx.ModelProto, opset: int, metadata: OnnxMetadata, *, role
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise StageError(f"exported ONNX failed validation: {str(exc).splitlines()[0]}") from exc
     return proto
+
+
+def _check_no_item_table(proto: onnx.ModelProto, rows: int) -> None:
+    """The split dense graph must not carry the item table: that is the point of split mode."""
+    for init in proto.graph.initializer:
+        if len(init.dims) == 2 and init.dims[0] == rows:
+            raise StageError(f"the dense graph holds initializer '{init.name}' {list(init.dims)} "
+                             "(item_vocab_size rows): the item table leaked into the split export; "
+                             "this is a bug in the serving graph")
 
 
 @contextlib.contextmanager

@@ -60,11 +60,13 @@ class ServingGraph(nn.Module):
         states = self.user_states(hist_item_ids, hist_action_ids)
         return self.score_candidates(states, context_ids, cand_item_ids, cand_features)
 
-    def user_states(self, hist_item_ids: torch.Tensor, hist_action_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def user_states(self, hist_item_ids: torch.Tensor, hist_action_ids: torch.Tensor,
+                    hist_item_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """The user side, which reads the history only: (key_mask [B, 1, U, 1], then each layer's
-        keys and values [B, H, U, dh]) in `user_states.state_specs` order."""
+        keys and values [B, H, U, dh]) in `user_states.state_specs` order. `hist_item_rows`: the
+        looked-up item rows in split mode (SplitDenseGraph), else None (the graph's own table)."""
         m = self.model
-        x_u, valid_u = m.embed_user(hist_item_ids, hist_action_ids)
+        x_u, valid_u = m.embed_user(hist_item_ids, hist_action_ids, hist_item_rows)
         u = x_u.shape[1]
         # Additive masks, built once per request and reused by every layer.
         pos = torch.arange(u, device=x_u.device)
@@ -82,10 +84,11 @@ class ServingGraph(nn.Module):
         return tuple(states)
 
     def score_candidates(self, states: tuple[torch.Tensor, ...], context_ids: torch.Tensor,
-                         cand_item_ids: torch.Tensor, cand_features: torch.Tensor) -> torch.Tensor:
+                         cand_item_ids: torch.Tensor, cand_features: torch.Tensor,
+                         cand_item_rows: torch.Tensor | None = None) -> torch.Tensor:
         """The candidate side: scores [B, N, K] from the user states and the rest of the request."""
         m = self.model
-        r = self.encode_groups(states, m.embed_groups(cand_item_ids, cand_features))
+        r = self.encode_groups(states, m.embed_groups(cand_item_ids, cand_features, cand_item_rows))
         cand_valid = cand_item_ids != 0
         _, z = m.task_heads(r, context_ids, cand_valid)
         return self.score(z, r, cand_valid)
@@ -145,6 +148,23 @@ class CandidateScorerGraph(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         states, (context_ids, cand_item_ids, cand_features) = inputs[:self.num_states], inputs[self.num_states:]
         return self.serving.score_candidates(tuple(states), context_ids, cand_item_ids, cand_features)
+
+
+class SplitDenseGraph(nn.Module):
+    """The serving graph with the item rows as inputs (split mode): the five contract tensors, then
+    hist_item_rows [B, L, d] and cand_item_rows [B, N, d] looked up from the embedding store. The
+    same code as the single graph; the item table is not read, so the export holds no copy of it."""
+
+    def __init__(self, serving: ServingGraph) -> None:
+        super().__init__()
+        self.model, self.encoder = serving.model, serving.encoder
+        self.__dict__["serving"] = serving
+
+    def forward(self, hist_item_ids: torch.Tensor, hist_action_ids: torch.Tensor, context_ids: torch.Tensor,
+                cand_item_ids: torch.Tensor, cand_features: torch.Tensor, hist_item_rows: torch.Tensor,
+                cand_item_rows: torch.Tensor) -> torch.Tensor:
+        states = self.serving.user_states(hist_item_ids, hist_action_ids, hist_item_rows)
+        return self.serving.score_candidates(states, context_ids, cand_item_ids, cand_features, cand_item_rows)
 
 
 class ServingEncoderLayer(nn.Module):

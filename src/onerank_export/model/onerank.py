@@ -62,21 +62,29 @@ class OneRankModel(nn.Module):
             emb.weight.data[0].zero_()
 
     # ----- token embeddings (shared by the dense encoder and the serving graph) ---------------
-    def embed_user(self, hist_item_ids: torch.Tensor, hist_action_ids: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> user-context tokens [B, L + A, d] and their validity [B, L + A]."""
+    def embed_user(self, hist_item_ids: torch.Tensor, hist_action_ids: torch.Tensor,
+                   hist_item_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> user-context tokens [B, L + A, d] and their validity [B, L + A].
+
+        `hist_item_rows` [B, L, d]: the item rows looked up outside the graph (split mode: the
+        embedding store); None reads them from `item_emb`. The ids still give the mask."""
         valid_h = hist_item_ids != 0
         # Position by recency (most recent real item = 0), so where the padding sits is irrelevant.
         recency = (valid_h.flip(-1).cumsum(-1).flip(-1) - 1).clamp(0, self.cfg.max_hist_len - 1)
-        x_h = self.item_emb(hist_item_ids) + self.action_emb(hist_action_ids) + self.recency_emb(recency)
+        rows = self.item_emb(hist_item_ids) if hist_item_rows is None else hist_item_rows
+        x_h = rows + self.action_emb(hist_action_ids) + self.recency_emb(recency)
         b = hist_item_ids.shape[0]
         x_a = self.anchors.unsqueeze(0).expand(b, -1, -1)
         valid_a = torch.ones(b, self.cfg.num_anchor_tokens, dtype=torch.bool, device=valid_h.device)
         return torch.cat([x_h, x_a], dim=1), torch.cat([valid_h, valid_a], dim=1)
 
-    def embed_groups(self, cand_item_ids: torch.Tensor, cand_features: torch.Tensor) -> torch.Tensor:
-        """-> candidate groups [B, N, K + 1, d]: c_i followed by t_k^i = c_i + task template k."""
-        c = self.item_emb(cand_item_ids) + self.cand_features(cand_features)  # [B, N, d]
+    def embed_groups(self, cand_item_ids: torch.Tensor, cand_features: torch.Tensor,
+                     cand_item_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """-> candidate groups [B, N, K + 1, d]: c_i followed by t_k^i = c_i + task template k.
+
+        `cand_item_rows` [B, N, d]: looked-up rows (split mode), as in `embed_user`."""
+        rows = self.item_emb(cand_item_ids) if cand_item_rows is None else cand_item_rows
+        c = rows + self.cand_features(cand_features)  # [B, N, d]
         # One broadcast add with a zero template for c itself (c + 0 is exactly c), not an add and a concat.
         return c.unsqueeze(2) + F.pad(self.task_tokens, (0, 0, 1, 0))  # [B, N, K + 1, d]
 

@@ -49,6 +49,7 @@ class ParityTargets:
     protocol: str = "http"
     repository: Path | None = None  # a Triton model repository: its ONNX Runtime backend models, loaded as it would
     user_cache: tuple[Path, Path] | None = None  # (user encoder, candidate scorer): the cached path, miss then hit
+    split: tuple[Path, Path] | None = None  # (dense ONNX, embedding store dir): lookup + dense graph (split mode)
 
     @property
     def onnx_paths(self) -> list[Path]:
@@ -62,7 +63,7 @@ class ParityTargets:
     @property
     def empty(self) -> bool:
         return (not self.onnx and not self.plans and not self.triton_url and self.repository is None
-                and self.user_cache is None)
+                and self.user_cache is None and self.split is None)
 
 
 def plan_precision(plan: Path) -> Precision:
@@ -110,6 +111,12 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
         encoder, scorer = targets.user_cache
         precision = detect_precision(encoder)
         runners.append((UserCacheRunner(encoder, scorer, name=f"user-cache-{precision}"), precision))
+    if targets.split is not None:
+        from onerank_export.parity.split_runner import SplitRunner
+
+        dense, store = targets.split
+        precision = SplitRunner.precision_of(store)
+        runners.append((SplitRunner(dense, store, name=f"split-{precision.value}"), precision))
     if targets.repository is not None:
         runners += repository_runners(Path(targets.repository))
     if targets.triton_url:
@@ -127,6 +134,8 @@ def repository_runners(repository: Path) -> list[tuple[Runner, Precision]]:
         cfg = read_config(config)
         if cfg.platform != "onnxruntime_onnx" and cfg.backend != "onnxruntime":
             continue
+        if any(i.name == "hist_item_rows" for i in cfg.input):  # split mode's dense model: fed rows by the
+            continue  # lookup, which this runner does not do; the `split-*` runner checks the same file
         precision = Precision.parse(cfg.parameters[PRECISION_PARAMETER].string_value, what=f"{config}: precision")
         out.append((TritonOrtBackendRunner(config.parent), precision))
     return out

@@ -53,12 +53,22 @@ class BuildOptions:
     user_cache: bool = False
     user_cache_bytes: int = 512 << 20  # the in-process tier's budget per model instance
     user_cache_redis: str | None = None  # redis:// URL of the shared tier, written into the model config
+    # Where the item table lives (docs/embeddings.md): inline (inside the graph), split (the embedding
+    # store + a dense graph taking looked-up rows), auto (split when the table is big).
+    embeddings: str = "auto"
+    embedding_dtype: str = "fp32"  # split mode: the store's row storage, fp32 | fp16 | int8 (row-wise)
+    embedding_oov: str = "pad"  # split mode: ids outside the table -> the pad row, or an error
 
     def __post_init__(self) -> None:
         # Accept the option strings too ("fp16", "auto"): Python callers need not import the enums.
         object.__setattr__(self, "precisions", tuple(Precision.parse(p) for p in self.precisions))
         object.__setattr__(self, "engine", EngineMode.parse(self.engine))
         object.__setattr__(self, "tolerances", {Precision.parse(p): t for p, t in self.tolerances.items()})
+        for name, value, allowed in (("--embeddings", self.embeddings, ("inline", "split", "auto")),
+                                     ("--embedding-dtype", self.embedding_dtype, ("fp32", "fp16", "int8")),
+                                     ("--embedding-oov", self.embedding_oov, ("pad", "error"))):
+            if value not in allowed:
+                raise ConfigError(f"{name} {value!r}: expected one of {', '.join(allowed)}")
         if self.calibration_method not in METHODS:
             raise ConfigError(f"calibration method {self.calibration_method!r} is not one of {', '.join(METHODS)}")
 
@@ -76,7 +86,9 @@ class BuildOptions:
                 "target": self.target, "serving_profile": self.serving_profile, "instances": self.instances,
                 "threads": self.threads, "user_cache": self.user_cache,
                 "user_cache_bytes": self.user_cache_bytes if self.user_cache else None,
-                "user_cache_redis": _without_password(self.user_cache_redis) if self.user_cache else None}
+                "user_cache_redis": _without_password(self.user_cache_redis) if self.user_cache else None,
+                "embeddings": self.embeddings, "embedding_dtype": self.embedding_dtype,
+                "embedding_oov": self.embedding_oov}
 
 
 def _without_password(url: str | None) -> str | None:

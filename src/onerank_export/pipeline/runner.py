@@ -41,9 +41,9 @@ def preflight(options: BuildOptions, stages: list[Stage] | None = None) -> list[
 
     The demo checkpoint's config is the default config, so this runs before it is trained."""
     check_output_dir(options.out, options.force)
-    stages = plan_stages(options) if stages is None else stages
-    _check_plan(stages)
     config = checkpoint_config(options.checkpoint)
+    stages = plan_stages(options, config) if stages is None else stages  # --embeddings auto reads the config
+    _check_plan(stages)
     for stage in stages:
         stage.preflight(options, config)
     return stages

@@ -15,11 +15,12 @@ from onerank_export.precision import Precision
 
 if TYPE_CHECKING:
     from onerank_export.model.onerank import OneRankModel
-    from onerank_export.serving.repository import ModelRepository, UserCacheModels
+    from onerank_export.serving.repository import ModelRepository, SplitModels, UserCacheModels
 
 # The fields of BuildState a stage may name in `requires` / `provides`.
 MODEL, ONNX, ENGINES, PLUGIN_LIBRARY = "model", "onnx", "engines", "plugin_library"
 ONNX_CPU, REPOSITORY, USER_CACHE = "onnx_cpu", "repository", "user_cache"
+EMBEDDINGS = "split"
 
 
 @dataclass
@@ -35,6 +36,9 @@ class BuildState:
     onnx_cpu: dict[Precision, Path] = field(default_factory=dict)  # after the exact CPU rewrite (cpu target)
     repository: ModelRepository | None = None  # the Triton model repository, once written
     user_cache: UserCacheModels | None = None  # the user encoder and candidate scorer (build --user-cache)
+    # split mode: the embedding store + the dense ONNX taking looked-up rows; `onnx` then stays empty
+    # (every runner of an `onnx` model feeds the five contract tensors only)
+    split: SplitModels | None = None
 
     @property
     def config(self) -> OneRankConfig:

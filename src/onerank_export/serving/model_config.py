@@ -138,3 +138,57 @@ def config_from_parameters(cfg: mc.ModelConfig | dict, source: str) -> OneRankCo
         raise ConfigError(f"{source}: model config has no '{CONFIG_PARAMETER}' parameter; "
                           "was it written by onerank-export build?")
     return OneRankConfig.from_dict(json.loads(raw), source=source)
+
+
+# ----- split mode (docs/embeddings.md): lookup model + dense model behind an ensemble named as today -----
+
+def _row_tensor(name: str, config: OneRankConfig, out: bool = False):
+    cls = mc.ModelOutput if out else mc.ModelInput
+    return cls(name=name, data_type=mc.TYPE_FP32, dims=[-1, config.d_model])
+
+
+def lookup_config(name: str, config: OneRankConfig, plan: ServingPlan, store: str) -> mc.ModelConfig:
+    """The python-backend lookup: hist_item_ids, cand_item_ids -> hist_item_rows, cand_item_rows (the
+    store at `store`, relative to the model directory or absolute)."""
+    from onerank_export.embeddings.split import ROW_INPUTS
+    from onerank_export.serving.parameters import EMBEDDING_STORE_PARAMETER
+
+    ids_inputs = [mc.ModelInput(name=ids, data_type=mc.TYPE_INT64, dims=[-1]) for ids in ROW_INPUTS.values()]
+    cfg = mc.ModelConfig(name=name, max_batch_size=config.serving.max_batch_size, backend="python", input=ids_inputs,
+                         output=[_row_tensor(row, config, out=True) for row in ROW_INPUTS])
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=plan.instances)
+    cfg.parameters[EMBEDDING_STORE_PARAMETER].string_value = store
+    return cfg
+
+
+def dense_configs(name: str, config: OneRankConfig, plan: ServingPlan) -> tuple[mc.ModelConfig, mc.ModelConfig]:
+    """(python-backend dense model `name`, served here; `<name>_onnx_fp32` for Triton's ONNX Runtime backend)."""
+    from onerank_export.embeddings.split import ROW_INPUTS
+
+    python = python_onnx_config(name, config, plan)
+    ort = onnxruntime_config(f"{name}_onnx_fp32", config, "fp32", plan)
+    for cfg in (python, ort):
+        cfg.input.extend(_row_tensor(row, config) for row in ROW_INPUTS)
+    return python, ort
+
+
+def ensemble_config(name: str, config: OneRankConfig, lookup: str, dense: str) -> mc.ModelConfig:
+    """The serving contract (same inputs, outputs and `onerank.config` as the inline model): step 1 the
+    lookup, step 2 the dense model."""
+    from onerank_export.embeddings.split import DENSE_INPUT_NAMES, ROW_INPUTS
+
+    inputs, outputs = io_tensors(config)
+    cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=config.serving.max_batch_size,
+                         input=inputs, output=outputs)
+    cfg.parameters[CONFIG_PARAMETER].string_value = json.dumps(config.to_dict(), sort_keys=True)
+    cfg.parameters[PRECISION_PARAMETER].string_value = "fp32"
+    first = cfg.ensemble_scheduling.step.add(model_name=lookup, model_version=-1)
+    for row, ids in ROW_INPUTS.items():
+        first.input_map[ids] = ids
+        first.output_map[row] = row
+    second = cfg.ensemble_scheduling.step.add(model_name=dense, model_version=-1)
+    for tensor in DENSE_INPUT_NAMES:
+        second.input_map[tensor] = tensor
+    for out in spec.OUTPUT_NAMES:
+        second.output_map[out] = out
+    return cfg

@@ -16,3 +16,6 @@ CANDIDATE_SCORER_FILE = "candidate_scorer.onnx"
 USER_ENCODER_MODEL_PARAMETER = "onerank.user_encoder_model"
 CANDIDATE_SCORER_MODEL_PARAMETER = "onerank.candidate_scorer_model"
 USER_CACHE_IDENTITY_PARAMETER = "onerank.user_cache_identity"
+# Split mode (docs/embeddings.md): the lookup model's store, a path relative to its model directory or absolute
+EMBEDDING_STORE_PARAMETER = "onerank.embedding_store"
+EMBEDDING_VERIFY_PARAMETER = "onerank.embedding_verify"  # "yes": full sha256 check of the store at load

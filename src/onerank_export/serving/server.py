@@ -327,15 +327,25 @@ def servable_models(repository: Path) -> tuple[list[str], list[tuple[str, str]]]
     load: list[str] = []
     skipped: list[tuple[str, str]] = []
     kinds: set[int] = set()
+    ensembles: list[tuple[str, list[str]]] = []
     for model in _model_dirs(repository):
         cfg = read_config(model / "config.pbtxt")
         kinds |= {group.kind for group in cfg.instance_group}
         if cfg.backend == PYTHON_BACKEND:
             load.append(model.name)  # --load-model takes the directory name, which Triton requires = cfg.name
             continue
+        if cfg.platform == "ensemble":  # the server core runs ensembles; loaded when each step is (below)
+            ensembles.append((model.name, [step.model_name for step in cfg.ensemble_scheduling.step]))
+            continue
         kind = f"platform {cfg.platform}" if cfg.platform else f"backend {cfg.backend or 'unset'}"
         skipped.append((model.name, f"{kind}: the bundled tritonserver has the python backend only; serve this "
                                     "repository with NVIDIA's Triton container to load it"))
+    for name, steps in ensembles:
+        missing = [s for s in steps if s not in load]
+        if missing:
+            skipped.append((name, f"ensemble: its step {missing[0]} is not loaded here"))
+        else:
+            load.append(name)
     if not load:
         target = {frozenset({mc.ModelInstanceGroup.KIND_GPU}): "a gpu-target repository",
                   frozenset({mc.ModelInstanceGroup.KIND_CPU}): "a cpu-target repository"}.get(frozenset(kinds),

@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from onerank_export.config import OneRankConfig
     from onerank_export.pipeline.options import BuildOptions
     from onerank_export.pipeline.stages.base import Stage
 
 
-def plan_stages(options: BuildOptions) -> list[Stage]:
+def plan_stages(options: BuildOptions, config: OneRankConfig | None = None) -> list[Stage]:
     from onerank_export.pipeline.stages.checkpoint import CheckpointStage
     from onerank_export.pipeline.stages.cpu_onnx import CpuOnnxStage
+    from onerank_export.pipeline.stages.embeddings import EmbeddingsStage, split_mode
     from onerank_export.pipeline.stages.engine import EngineStage
     from onerank_export.pipeline.stages.export import ExportStage
     from onerank_export.pipeline.stages.parity import ParityStage
@@ -26,7 +28,8 @@ def plan_stages(options: BuildOptions) -> list[Stage]:
     from onerank_export.serving.profiles import choose_target, serving_plan
 
     inputs = CalibrationInputs()  # one validated load of the calibration data, shared by both precisions
-    stages: list[Stage] = [CheckpointStage(), ExportStage()]
+    split = split_mode(options, config)
+    stages: list[Stage] = [CheckpointStage(), EmbeddingsStage() if split else ExportStage()]
     plan = None
     if options.triton:
         # The target and profile are decided (and a bad value refused) here, in preflight, once for the
@@ -34,6 +37,8 @@ def plan_stages(options: BuildOptions) -> list[Stage]:
         target, why = choose_target(options.target)
         plan = serving_plan(target, why, options.serving_profile, instances=options.instances,
                             threads=options.threads)
+    if split:  # the store + dense graph; reduced precisions, engines and the cache: not yet (EmbeddingsStage)
+        return [*stages, *([TritonStage(plan)] if plan is not None else []), ParityStage()]
     if options.user_cache:
         stages.append(UserCacheStage(plan.target if plan is not None else None))
     stages += [PrecisionStage(p, inputs) for p in options.precisions]

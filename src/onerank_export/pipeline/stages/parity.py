@@ -27,10 +27,11 @@ class ParityStage(Stage):
 
         cfg, seed = state.config, state.options.seed
         repository = state.repository.path if state.repository is not None else None
-        cached = state.user_cache
+        cached, split = state.user_cache, state.split
         targets = ParityTargets(onnx=dict(state.onnx), plans=list(state.engines.values()),
                                 plugin=state.plugin_library, repository=repository,
-                                user_cache=(cached.encoder, cached.scorer) if cached is not None else None)
+                                user_cache=(cached.encoder, cached.scorer) if cached is not None else None,
+                                split=(split.dense, split.store) if split is not None else None)
         runners = build_runners(state.model, targets)
         report = run_parity_suite(state.model, runners, default_cases(cfg, seed), state.options.tolerances,
                                   invariance_case=invariance_case(cfg, seed))

@@ -22,6 +22,20 @@ class TritonStage(Stage):
         from onerank_export.serving.backend_rules import check_repository
         from onerank_export.serving.repository import write_model_repository
 
+        if state.split is not None:
+            from onerank_export.serving.repository import write_split_repository
+
+            repo = write_split_repository(state.work, state.config, self.plan, state.split)
+            state.repository = repo
+            problems = check_repository(repo.path, self.plan.target.value)
+            metrics = {"models": repo.models, "python_model": repo.python_model, **self.plan.describe()}
+            if problems:
+                return StageResult(self.name, Status.FAILED, f"{len(problems)} backend rule(s) broken, first: "
+                                   f"{problems[0]}", repo.artifacts, metrics)
+            return StageResult(self.name, Status.OK, f"model_repository/ target {self.plan.target}, split mode: "
+                               f"onerank = ensemble(onerank_lookup -> onerank_dense), {len(repo.models)} models "
+                               "validated; the lookup reads the build's one store (../../embeddings)",
+                               repo.artifacts, metrics)
         if Precision.FP32 not in state.onnx:
             return StageResult.skipped(self.name, "no fp32 ONNX to serve")
         repo = write_model_repository(state.work, state.config, self.plan, dict(state.onnx), dict(state.engines),

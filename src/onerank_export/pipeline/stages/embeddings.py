@@ -1,0 +1,132 @@
+"""Stage `embeddings` (split mode): the embedding store and the dense graph that takes looked-up rows.
+
+Writes DIR/embeddings/ (embeddings/store.py: streamed from the checkpoint's safetensors, hashed) and
+onnx/onerank.dense.fp32.onnx (the serving graph with hist_item_rows / cand_item_rows as inputs; the
+export refuses a dense graph that still holds the item table). A reduced store (fp16, int8 row-wise)
+is judged like a reduced-precision model: dense(lookup_store(ids)) against fp32 eager on the held-out
+requests, through calibration/accuracy.py's compare and gates; a failed gate fails the stage.
+
+Not yet in split mode (each refused in preflight with one line): reduced-precision dense graphs
+(their calibration runs need the rows in every ORT feed), TensorRT engines of the dense graph, and
+the user-state cache (its user encoder would need the rows too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onerank_export.config import OneRankConfig
+from onerank_export.errors import StageError
+from onerank_export.pipeline.options import BuildOptions, EngineMode
+from onerank_export.pipeline.result import StageResult, Status
+from onerank_export.pipeline.stages.base import Stage
+from onerank_export.pipeline.stages.export import ONNX_DIR
+from onerank_export.pipeline.state import EMBEDDINGS, ENGINES, MODEL, ONNX, ONNX_CPU, PLUGIN_LIBRARY, BuildState
+from onerank_export.precision import Precision
+
+DENSE_ONNX = "onerank.dense.fp32.onnx"
+# --embeddings auto: split past this many bytes of fp32 item table (docs/embeddings.md)
+AUTO_SPLIT_BYTES = 256 << 20
+_STORE_PRECISION = {"fp16": Precision.FP16, "int8": Precision.INT8}
+
+
+def split_mode(options: BuildOptions, config: OneRankConfig | None) -> bool:
+    if options.embeddings != "auto":
+        return options.embeddings == "split"
+    return config is not None and config.item_vocab_size * config.d_model * 4 > AUTO_SPLIT_BYTES
+
+
+class EmbeddingsStage(Stage):
+    name = "embeddings"
+    requires = (MODEL,)
+    # The dense ONNX goes to state.split; `onnx`, `onnx_cpu`, `engines` stay empty in split mode (no
+    # inline model; the dense model applies the CPU rewrite when it loads; no dense engine yet).
+    provides = (ONNX, ONNX_CPU, ENGINES, PLUGIN_LIBRARY, EMBEDDINGS)
+    critical = True  # the repository and parity serve and check these
+
+    def preflight(self, options: BuildOptions, config: OneRankConfig) -> None:
+        if options.precisions:
+            raise StageError(f"--embeddings split builds the fp32 dense graph only for now (reduced-precision dense "
+                             f"graphs need looked-up rows in their calibration runs); pass --precision none, "
+                             f"and --embedding-dtype {'|'.join(_STORE_PRECISION)} for a reduced store")
+        if options.user_cache:
+            raise StageError("--user-cache is not available with --embeddings split yet (the user encoder would "
+                             "need the looked-up rows too); build with --embeddings inline for the cache")
+        if options.engine is EngineMode.REQUIRE:
+            raise StageError("--engine require: no TensorRT engine of the split dense graph yet; "
+                             "use --engine auto or skip with --embeddings split")
+
+    def run(self, state: BuildState) -> StageResult:
+        import time
+
+        from onerank_export.embeddings.split import STORE_DIR
+        from onerank_export.embeddings.store import open_store, write_store
+        from onerank_export.export.onnx_config import SPLIT_DENSE_ONNX_CONFIG
+        from onerank_export.export.onnx_export import export_onnx
+        from onerank_export.serving.repository import SplitModels
+
+        options, cfg = state.options, state.config
+        store_dir = state.work / STORE_DIR
+        started = time.perf_counter()
+        index = write_store(state.checkpoint, store_dir, options.embedding_dtype, oov=options.embedding_oov,
+                            checkpoint_sha256=state.checkpoint_sha256)
+        write_seconds = time.perf_counter() - started
+        table = open_store(store_dir, verify=True).table("item", rows=cfg.item_vocab_size, dim=cfg.d_model)
+        dense = state.work / ONNX_DIR / DENSE_ONNX
+        exported = export_onnx(state.model, dense, checkpoint_sha256=state.checkpoint_sha256,
+                               export_config=SPLIT_DENSE_ONNX_CONFIG)
+        state.split = SplitModels(dense, store_dir, options.embedding_dtype, options.embedding_oov)
+        entry = index["tables"]["item"]
+        store_bytes = table.nbytes()
+        metrics = {"store_dtype": entry["dtype"], "rows": entry["rows"], "dim": entry["dim"],
+                   "store_bytes": store_bytes, "write_seconds": round(write_seconds, 3),
+                   "rows_per_second": round(entry["rows"] / max(write_seconds, 1e-9)),
+                   "dense_onnx_bytes": dense.stat().st_size, "dense_nodes": exported.num_nodes}
+        artifacts = {"embedding_index": store_dir / "index.json", "embedding_table": store_dir / entry["file"],
+                     "onnx_dense_fp32": dense}
+        if entry["scale_file"]:
+            artifacts["embedding_scale"] = store_dir / entry["scale_file"]
+        detail = (f"item table {entry['rows']} x {entry['dim']} {entry['dtype']} store ({store_bytes / 2**20:.1f} MiB, "
+                  f"{metrics['rows_per_second']} rows/s), dense ONNX {dense.stat().st_size / 2**20:.1f} MiB "
+                  "without the item table")
+        if options.embedding_dtype == "fp32":
+            return StageResult(self.name, Status.OK, detail, artifacts, metrics)
+        failed, gates = self._judge(state, table)
+        metrics["gates"] = {g.name: g.value for g in gates}
+        metrics["gates_failed"] = [g.name for g in failed]
+        if failed:
+            from onerank_export.calibration.accuracy import describe_gate
+
+            return StageResult(self.name, Status.FAILED, f"{options.embedding_dtype} store failed "
+                               f"{len(failed)} accuracy gate(s), first: {describe_gate(failed[0])}; use "
+                               "--embedding-dtype fp32 or fp16", artifacts, metrics)
+        return StageResult(self.name, Status.OK, f"{detail}; {len(gates)} accuracy gates passed", artifacts, metrics)
+
+    def _judge(self, state: BuildState, table) -> tuple[list, list]:
+        """The reduced store through the precision stage's gates: dense(store rows) vs fp32 eager."""
+        import torch
+
+        from onerank_export.calibration.accuracy import apply_gates, compare
+        from onerank_export.calibration.data import prepare_data
+        from onerank_export.calibration.settings import CalibrationSettings
+        from onerank_export.embeddings.split import ROW_INPUTS
+        from onerank_export.export.ort_session import cpu_session, default_threads
+
+        precision = _STORE_PRECISION[state.options.embedding_dtype]
+        settings = CalibrationSettings(precision, seed=state.options.seed)
+        requests = prepare_data(state.config, settings, state.options.calibration_data).evaluation
+        session = cpu_session(str(state.split.dense), default_threads())
+        weight = state.model.item_emb.weight.detach().numpy()
+        reference, fp32, reduced = [], [], []
+        for feed in requests.batches(settings.batch_size):
+            with torch.inference_mode():
+                reference.append(state.model(**{k: torch.from_numpy(v) for k, v in feed.items()}).scores.numpy())
+            exact = {row: weight[feed[ids]] for row, ids in ROW_INPUTS.items()}
+            looked = {row: table.lookup(feed[ids]) for row, ids in ROW_INPUTS.items()}
+            fp32.append(session.run(None, {**feed, **exact})[0])
+            reduced.append(session.run(None, {**feed, **looked})[0])
+        ref = np.concatenate(reference).astype(np.float64)
+        accuracy = compare(ref, np.concatenate(reduced), requests, state.config.tasks, settings.gates.topk,
+                           np.concatenate(fp32))
+        gates = apply_gates(precision, accuracy, settings.gates, [])
+        return [g for g in gates if not g.passed], gates
