@@ -271,3 +271,51 @@ def test_open_lookup_selects_the_backend_and_checks_redis_against_the_store(serv
                                  "embedding_redis_batch_rows '0': must be a number > 0")):
         with pytest.raises(ConfigError, match=message):
             open_lookup(parameters)
+
+
+# ----- the CLI: onerank-export embeddings push ------------------------------------------------------
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from onerank_export.cli.main import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_push_from_a_build_directory_reports_progress_and_verification(capsys, server, stores, prefix, tmp_path):
+    shutil.copytree(stores["int8"], tmp_path / "build" / "embeddings")
+    code, out, err = run_cli(capsys, "embeddings", "push", "--store", str(tmp_path / "build"), "--redis", server.url,
+                             "--prefix", prefix, "--batch-rows", "100")
+    assert code == 0, err
+    assert err.splitlines()[0] == f"pushing table item of {tmp_path / 'build'} to {server.url} ..."
+    assert err.splitlines()[-1].startswith(f"  {ROWS}/{ROWS} rows (100%), ")
+    assert out.startswith(f"pushed table item: {ROWS} rows (0.0 MiB) under '{prefix}' in ")
+    assert out.rstrip().endswith(f"verified {ROWS} keys and {ROWS} sampled rows byte-equal; claimed by {prefix}index")
+    np.testing.assert_array_equal(RedisTable(server.url, prefix).lookup(np.arange(ROWS)),
+                                  open_store(stores["int8"]).table().lookup(np.arange(ROWS)))
+
+
+def test_cli_push_failures_are_one_line_and_exit_1(capsys, server, stores, prefix, tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    code, _, err = run_cli(capsys, "embeddings", "push", "--store", str(stores["fp32"]), "--redis",
+                           f"redis://user:secret@127.0.0.1:{port}/0")
+    assert code == 1 and "Traceback" not in err and "secret" not in err
+    assert err.splitlines()[-1].startswith(f"error: push of table item to Redis at redis://***@127.0.0.1:{port}/0 "
+                                           "failed: ")
+    assert len(err.splitlines()) == 2  # the "pushing ..." line, then the error
+
+    push(stores["fp32"], server.url, prefix=prefix)
+    code, _, err = run_cli(capsys, "embeddings", "push", "--store", str(other_dim_store(stores, tmp_path)),
+                           "--redis", server.url, "--prefix", prefix)
+    assert code == 1
+    assert err.splitlines()[-1].startswith(f"error: Redis prefix '{prefix}' at {server.url} holds table item with "
+                                           f"dim {DIM} (float32); this store's is dim {DIM // 2}")
+    assert RedisTable(server.url, prefix).dim == DIM  # still served, untouched
+
+    code, _, err = run_cli(capsys, "embeddings", "push", "--store", str(tmp_path), "--redis", server.url)
+    assert code == 1 and err.splitlines()[-1] == (f"error: {tmp_path}: not an embedding store (no index.json); "
+                                                  "build one with --embeddings split")
