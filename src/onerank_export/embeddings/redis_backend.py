@@ -155,7 +155,8 @@ def _write_rows(client, source: StoreSource, prefix: str, batch_rows: int, clust
     mset = client.mset_nonatomic if cluster else client.mset
     for start in range(0, source.rows, batch_rows):
         stop = min(start + batch_rows, source.rows)
-        block = memoryview(source.values(start, stop).tobytes())  # [n, value_size], also hashed
+        # bytes, not memoryview slices: redis-py sends each memoryview argument in a sendall of its own
+        block = source.values(start, stop).tobytes()  # [n, value_size], also hashed
         size = source.value_size
         mset(dict(zip(row_keys(prefix, source.table, range(start, stop)),
                       (block[i * size:(i + 1) * size] for i in range(stop - start)), strict=True)))
