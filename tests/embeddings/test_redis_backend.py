@@ -255,12 +255,15 @@ def test_open_lookup_selects_the_backend_and_checks_redis_against_the_store(serv
                              "embedding_redis_url": server.url, "embedding_redis_batch_rows": "2"}, dim=DIM)
     assert via_redis.prefix == default_prefix(open_store(stores["fp16"]).checkpoint_sha256)
     np.testing.assert_array_equal(via_redis.lookup(ids), mmap.lookup(ids))
-    with pytest.raises(ServiceUnavailable, match=r"has dtype 'float16', the model's store 'float32': push this "):
+    with pytest.raises(ServiceUnavailable, match=r"has dtype 'float16', the model's 'float32': push this model's"):
         open_lookup({"embedding_backend": "redis", "embedding_store": str(stores["fp32"]),
-                     "embedding_redis_url": server.url, "embedding_redis_prefix": via_redis.prefix})
-    with pytest.raises(StoreError, match=r"has dim 16, the model expects 32"):
-        open_lookup({"embedding_backend": "redis", "embedding_redis_url": server.url,
-                     "embedding_redis_prefix": via_redis.prefix}, dim=32)
+                     "embedding_redis_url": server.url, "embedding_redis_prefix": via_redis.prefix}, lazy=False)
+    wrong_dim = open_lookup({"onerank.embedding_backend": "redis", "onerank.embedding_redis_url": server.url,
+                             "onerank.embedding_redis_prefix": via_redis.prefix}, dim=32)  # lazy: at the lookup
+    with pytest.raises(ServiceUnavailable, match=r"\(onerank:emb:\w{12}:index\) has dim 16, the model's 32"):
+        wrong_dim.lookup(ids)
+    relative = open_lookup({"onerank.embedding_store": stores["fp16"].name}, base=stores["fp16"].parent)
+    np.testing.assert_array_equal(relative.lookup(ids), mmap.lookup(ids))
     for parameters, message in (({"embedding_backend": "hbase"}, "embedding_backend 'hbase': use one of mmap, redis"),
                                 ({}, "embedding_backend mmap needs embedding_store"),
                                 ({"embedding_backend": "redis"}, "needs embedding_redis_url"),
@@ -319,3 +322,18 @@ def test_cli_push_failures_are_one_line_and_exit_1(capsys, server, stores, prefi
     code, _, err = run_cli(capsys, "embeddings", "push", "--store", str(tmp_path), "--redis", server.url)
     assert code == 1 and err.splitlines()[-1] == (f"error: {tmp_path}: not an embedding store (no index.json); "
                                                   "build one with --embeddings split")
+
+
+def test_a_server_may_start_before_redis_lookups_are_unavailable_until_it_answers(stores):
+    later = RedisServer()  # its port is chosen now, the server starts below
+    lookup = open_lookup({"embedding_backend": "redis", "embedding_store": str(stores["fp32"]),
+                          "embedding_redis_url": later.url, "embedding_redis_timeout_s": "0.3"}, dim=DIM)
+    with pytest.raises(ServiceUnavailable) as exc:
+        lookup.lookup(np.array([1]))
+    assert one_line(exc).startswith(f"embedding table item: Redis at {later.url} unreachable (Error ")
+    with later:
+        with pytest.raises(ServiceUnavailable, match=r"has no onerank:emb:\w{12}:index key naming it"):
+            lookup.lookup(np.array([1]))
+        push(stores["fp32"], later.url)
+        np.testing.assert_array_equal(lookup.lookup(np.array([1, 2])),
+                                      open_store(stores["fp32"]).table().lookup(np.array([1, 2])))

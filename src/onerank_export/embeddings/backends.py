@@ -3,6 +3,7 @@
 rows [*ids.shape, D]), `.rows` and `.dim`.
 
     embedding_backend          mmap (default) | redis
+    embedding_verify           mmap: yes to check the files' sha256 at load
     embedding_store            the store directory (mmap: required; redis: optional, its index.json fixes the
                                default prefix and the rows/dim/dtype/sha256 Redis must hold; its data files
                                need not be on the serving host)
@@ -27,40 +28,39 @@ from onerank_export.errors import ConfigError
 BACKENDS = ("mmap", "redis")
 
 
-def open_lookup(parameters: Mapping[str, str], *, table: str = "item", rows: int | None = None,
-                dim: int | None = None):
-    """The lookup object for `parameters`; `rows`/`dim`: the dense model's expectations, checked here
-    (at load) rather than on the first request."""
-    backend = str(parameters.get("embedding_backend") or "mmap").strip().lower()
-    store = parameters.get("embedding_store") or None
+def open_lookup(parameters: Mapping[str, str], *, base=None, table: str = "item", rows: int | None = None,
+                dim: int | None = None, lazy: bool = True):
+    """The lookup object for `parameters` (names as above, with or without the `onerank.` prefix of a
+    config.pbtxt); a relative embedding_store is relative to `base` (the model directory). `rows`/`dim`: the
+    dense model's expectations, checked at load (mmap) or at the first lookup Redis can answer (redis, lazy)."""
+    params = {str(k).removeprefix("onerank."): v for k, v in parameters.items()}
+    backend = str(params.get("embedding_backend") or "mmap").strip().lower()
+    store = params.get("embedding_store") or None
+    if store and base is not None:
+        store = Path(base) / store
     if backend == "mmap":
         if not store:
             raise ConfigError("embedding_backend mmap needs embedding_store (the store directory) in the model's "
                               "parameters")
-        return open_store(store_dir(store)).table(table, rows=rows, dim=dim)
+        verify = str(params.get("embedding_verify") or "no").strip().lower() in ("yes", "true", "1")
+        return open_store(store_dir(store), verify=verify).table(table, rows=rows, dim=dim)
     if backend != "redis":
         raise ConfigError(f"embedding_backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    url = parameters.get("embedding_redis_url")
+    url = params.get("embedding_redis_url")
     if not url:
         raise ConfigError("embedding_backend redis needs embedding_redis_url (e.g. redis://host:6379/0) in the "
                           "model's parameters")
     index = _read_index(store) if store else None
-    prefix = parameters.get("embedding_redis_prefix") or None
+    prefix = params.get("embedding_redis_prefix") or None
     if prefix is None:
         if index is None:
             raise ConfigError("embedding_backend redis needs embedding_redis_prefix, or embedding_store to derive "
                               "it from the store's checkpoint sha256")
         prefix = default_prefix(str(index.get("checkpoint_sha256", "")))
-    expect = index["tables"].get(table) if index else None
-    looked_up = RedisTable(url, prefix, table=table, expect=expect,
-                           cluster=_flag(parameters, "embedding_redis_cluster"),
-                           batch_rows=_number(parameters, "embedding_redis_batch_rows", LOOKUP_BATCH_ROWS, int),
-                           socket_timeout=_number(parameters, "embedding_redis_timeout_s", 1.0, float))
-    for name, want, have in (("dim", dim, looked_up.dim), ("rows", rows, looked_up.rows)):
-        if want is not None and want != have:
-            raise StoreError(f"embedding table '{table}' in Redis under {prefix!r} has {name} {have}, the model "
-                             f"expects {want}: push this model's store")
-    return looked_up
+    return RedisTable(url, prefix, table=table, expect=index["tables"].get(table) if index else None, rows=rows,
+                      dim=dim, lazy=lazy, cluster=_flag(params, "embedding_redis_cluster"),
+                      batch_rows=_number(params, "embedding_redis_batch_rows", LOOKUP_BATCH_ROWS, int),
+                      socket_timeout=_number(params, "embedding_redis_timeout_s", 1.0, float))
 
 
 def _read_index(store) -> dict:

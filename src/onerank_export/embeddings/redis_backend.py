@@ -199,14 +199,30 @@ class RedisTable:
 
     def __init__(self, url: str, prefix: str, *, table: str = "item", batch_rows: int = LOOKUP_BATCH_ROWS,
                  socket_timeout: float = 1.0, cluster: bool = False, expect: Mapping | None = None,
-                 client=None) -> None:
+                 rows: int | None = None, dim: int | None = None, lazy: bool = False, client=None) -> None:
         """`expect`: the store index entry this table must match (rows, dim, dtype, sha256), e.g. the build's
-        own store, so Redis serves the rows the build verified. `client`: injected by tests."""
+        own store, so Redis serves the rows the build verified; `rows`/`dim`: the model's expectations.
+        `lazy`: a Redis that is down (or not pushed yet) at start does not fail here: every lookup retries
+        reading the index and answers ServiceUnavailable until it can, so a server can start before Redis.
+        `client`: injected by tests."""
         if batch_rows < 1:
             raise ConfigError(f"embedding_redis_batch_rows {batch_rows}: must be at least 1")
         self.url, self.prefix, self.name, self.batch_rows, self.cluster = url, prefix, table, batch_rows, cluster
         self.where = mask_url(url)
         self.client = client if client is not None else connect(url, socket_timeout=socket_timeout, cluster=cluster)
+        self.expect = dict(expect or {})
+        self.expect.update({k: v for k, v in (("rows", rows), ("dim", dim)) if v is not None})
+        self.entry: dict | None = None
+        self.rows = self.dim = self.dtype = None
+        try:
+            self._load()
+        except ServiceUnavailable as exc:
+            if not lazy:
+                raise
+            self.load_error = exc
+
+    def _load(self) -> None:
+        table, prefix = self.name, self.prefix
         try:
             meta = _read_index(self.client, prefix, self.where)
         except _redis_errors() as exc:
@@ -221,17 +237,20 @@ class RedisTable:
             raise ServiceUnavailable(f"embedding table {table} in Redis at {self.where} ({prefix}index): rows "
                                      f"{entry.get('rows')}, dim {entry.get('dim')}, dtype {entry.get('dtype')!r} "
                                      "is not a servable table; re-run the push")
-        for field in ("rows", "dim", "dtype", "sha256", "scale_sha256") if expect is not None else ():
-            if expect.get(field) != entry.get(field):
+        for field in ("rows", "dim", "dtype", "sha256", "scale_sha256"):
+            if field in self.expect and self.expect[field] != entry.get(field):
                 raise ServiceUnavailable(f"embedding table {table} in Redis at {self.where} ({prefix}index) has "
-                                         f"{field} {entry.get(field)!r}, the model's store {expect.get(field)!r}: "
-                                         "push this build's store (`onerank-export embeddings push`)")
+                                         f"{field} {entry.get(field)!r}, the model's {self.expect[field]!r}: push "
+                                         "this model's store (`onerank-export embeddings push`)")
         self.entry = dict(entry)
         self.rows, self.dim, self.dtype = int(entry["rows"]), int(entry["dim"]), entry["dtype"]
         self.pad_row, self.oov = int(entry.get("pad_row", 0)), entry.get("oov", "pad")
         self.value_size = value_size(entry)
+        self.load_error = None
 
     def lookup(self, ids) -> np.ndarray:
+        if self.entry is None:
+            self._load()  # lazy: until Redis holds the table, ServiceUnavailable per request
         ids = np.asarray(ids)
         flat = ids.reshape(-1).astype(np.int64)
         outside = (flat < 0) | (flat >= self.rows)
