@@ -337,3 +337,50 @@ def test_a_server_may_start_before_redis_lookups_are_unavailable_until_it_answer
         push(stores["fp32"], later.url)
         np.testing.assert_array_equal(lookup.lookup(np.array([1, 2])),
                                       open_store(stores["fp32"]).table().lookup(np.array([1, 2])))
+
+
+class ClusterNode(RedisServer):
+    """A cluster-enabled redis-server; its port stays below 55535 (the cluster bus listens on port + 10000)."""
+
+    def __init__(self) -> None:
+        from onerank_export.serving.server import free_port
+
+        port = free_port()
+        while port >= 55000:
+            port = free_port()
+        super().__init__(port=port)
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+
+
+def test_push_and_lookup_through_a_three_shard_redis_cluster(stores):
+    nodes = [ClusterNode() for _ in range(3)]
+    try:
+        for node in nodes:
+            node.start()
+        admins = [redis.Redis(host="127.0.0.1", port=node.port) for node in nodes]
+        for i, db in enumerate(admins):  # three masters, a third of the 16384 hash slots each
+            db.execute_command("CLUSTER", "ADDSLOTS", *range(i * 16384 // 3, (i + 1) * 16384 // 3))
+        for db in admins[1:]:
+            db.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[0].port)
+        deadline = time.monotonic() + 20
+        while not all(db.cluster("info")["cluster_state"] == "ok" for db in admins):
+            assert time.monotonic() < deadline, "the cluster did not form"
+            time.sleep(0.1)
+        url = nodes[1].url.rsplit("/", 1)[0]  # any node; a cluster has only db 0
+        report = push(stores["int8"], url, cluster=True, batch_rows=64)
+        assert report.rows == ROWS
+        sizes = [db.dbsize() for db in admins]
+        assert sum(sizes) == ROWS + 1 and min(sizes) > ROWS // 5  # rows spread over the shards, + the index key
+        lookup = open_lookup({"embedding_backend": "redis", "embedding_store": str(stores["int8"]),
+                              "embedding_redis_url": url, "embedding_redis_cluster": "true",
+                              "embedding_redis_batch_rows": "100"}, dim=DIM, lazy=False)
+        ids = np.arange(ROWS).reshape(3, 100)
+        np.testing.assert_array_equal(lookup.lookup(ids), open_store(stores["int8"]).table().lookup(ids))
+        admins[2].flushall()  # a shard loses its data: the lookup names a row it held
+        with pytest.raises(ServiceUnavailable, match=r"^embedding table item, row \d+: key .* is missing"):
+            lookup.lookup(ids)
+    finally:
+        for node in nodes:
+            node.close()
