@@ -104,7 +104,9 @@ MatchingScorePlugin::MatchingScorePlugin(float scale) noexcept
 }
 
 // A copy never shares the error recorder (only attachToContext() gives a clone one, with its own reference) or
-// the loaded kernels (each object unloads its own).
+// the loaded kernels (each object unloads its own). A copy of a prepared plugin, made in the CUDA context its
+// kernels live in, loads its own there: IPluginV3::clone() must return an object "in a fully initialized state"
+// (NvInferPluginBase.h), and the headers do not promise onShapeChange on the copy before the builder times it.
 MatchingScorePlugin::MatchingScorePlugin(MatchingScorePlugin const& other) noexcept
     : nvinfer1::IPluginV3(other)
     , nvinfer1::IPluginV3OneCore(other)
@@ -112,6 +114,13 @@ MatchingScorePlugin::MatchingScorePlugin(MatchingScorePlugin const& other) noexc
     , nvinfer1::IPluginV3OneRuntime(other)
     , mScale(other.mScale)
 {
+    CUcontext current = nullptr;
+    if (other.mKernels.context != nullptr && cuCtxGetCurrent(&current) == CUDA_SUCCESS
+        && current == other.mKernels.context)
+    {
+        // A failure is logged and leaves the copy empty: its onShapeChange retries, its enqueue refuses.
+        prepareKernels(other.mKernels.half ? DataType::kHALF : DataType::kFLOAT);
+    }
 }
 
 MatchingScorePlugin::~MatchingScorePlugin() noexcept

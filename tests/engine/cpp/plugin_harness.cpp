@@ -349,6 +349,7 @@ int main(int argc, char** argv)
     CHECK(gDevice.counts["enqueue bool"].launches == 0 && recorder.errors.size() == 2);
     CHECK(recorder.errors.size() == 2 && recorder.errors[1].find("int32") != std::string::npos);
 
+    checkCopiesOfPreparedPlugin(*run, inDesc, scoresDesc, inputs, outputs);
     checkRuntimeLifecycle(*copyRuntime, *run, inDesc, scoresDesc, inputs, outputs);
 
     fakeSetCurrent(nullptr); // TensorRT may destroy an execution context where no CUDA context is current

@@ -35,6 +35,45 @@ int32_t enqueueOn(IPluginV3* clone, PluginTensorDesc const* inDesc, PluginTensor
     return run->enqueue(inDesc, &scoresDesc, inputs, outputs, nullptr, nullptr);
 }
 
+// A copy of a plugin whose kernels are loaded is as ready to run as its source: IPluginV3::clone() returns an object
+// "in a fully initialized state" (NvInferPluginBase.h), and NVIDIA's cubin plugins build their kernels in every
+// constructor, clones included. So a builder that prepares a plugin and then enqueues a clone or an attached copy
+// of it (no onShapeChange on the copy) must launch. The copy loads its own modules when made, in the same CUDA
+// context only (elsewhere its onShapeChange loads them), never in enqueue, and never shares its source's.
+void checkCopiesOfPreparedPlugin(IPluginV3OneRuntime& run, PluginTensorDesc const* fp16,
+    PluginTensorDesc const& scoresDesc, void const* const* inputs, void* const* outputs)
+{
+    int const kConfigs = k::kNumLaunchConfigs;
+    int const live = liveModules();
+    Recorder recorder;
+    ResourceContext context(&recorder);
+    fakePhase("copy prepared");
+    IPluginV3* cloned = static_cast<onerank::plugin::MatchingScorePlugin&>(run).clone();
+    IPluginV3* attached = run.attachToContext(&context);
+    CHECK(cloned != nullptr && attached != nullptr);
+    if (cloned == nullptr || attached == nullptr)
+    {
+        return;
+    }
+    CHECK(gDevice.counts["copy prepared"].moduleLoads == 2 * kConfigs && liveModules() == live + 2 * kConfigs);
+    fakePhase("enqueue copy");
+    CHECK(enqueueOn(cloned, fp16, scoresDesc, inputs, outputs) == 0);
+    CHECK(enqueueOn(attached, fp16, scoresDesc, inputs, outputs) == 0);
+    CHECK(gDevice.counts["enqueue copy"].moduleLoads == 0 && gDevice.counts["enqueue copy"].launches == 2);
+    CHECK(recorder.errors.empty());
+    delete cloned;
+    delete attached;
+    CHECK(liveModules() == live && recorder.refs == 0 && gDevice.badUnloads == 0);
+    CHECK(run.enqueue(fp16, &scoresDesc, inputs, outputs, nullptr, nullptr) == 0); // the source's own modules
+
+    CUcontext const elsewhere = fakeCreateContext();
+    fakePhase("copy elsewhere");
+    IPluginV3* far = run.attachToContext(&context);
+    CHECK(far != nullptr && gDevice.counts["copy elsewhere"].moduleLoads == 0);
+    delete far;
+    fakeDestroyContext(elsewhere);
+}
+
 void checkRuntimeLifecycle(IPluginV3OneRuntime& prototype, IPluginV3OneRuntime& run, PluginTensorDesc const* fp16,
     PluginTensorDesc const& scoresDesc, void const* const* inputs, void* const* outputs)
 {

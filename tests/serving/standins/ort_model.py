@@ -28,5 +28,6 @@ class TritonPythonModel:
         for request in requests:
             feed = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
             outputs = self.session.run(self.outputs, feed)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, o) for n, o in zip(self.outputs, outputs)]))
+            tensors = [pb_utils.Tensor(n, o) for n, o in zip(self.outputs, outputs, strict=True)]
+            responses.append(pb_utils.InferenceResponse(tensors))
         return responses
