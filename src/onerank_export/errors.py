@@ -37,6 +37,11 @@ class StageError(OneRankError):
     """A pipeline stage could not run (missing tool, failed build)."""
 
 
+class ServiceUnavailable(OneRankError):
+    """A service the answer depends on (the Redis embedding backend) cannot answer, or lacks data it should
+    hold; the request may succeed later. Triton answers UNAVAILABLE, not INVALID_ARGUMENT."""
+
+
 class CheckFailed(OneRankError):
     """A gate (parity, accuracy) failed; the report says by how much."""
 

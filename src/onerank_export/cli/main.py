@@ -28,10 +28,11 @@ def cli() -> None:
 def _register() -> None:
     from onerank_export.cli.build import build
     from onerank_export.cli.demo_checkpoint import demo_checkpoint
+    from onerank_export.cli.embeddings import embeddings
     from onerank_export.cli.export import export
     from onerank_export.cli.verify import verify
 
-    for command in (build, export, verify, demo_checkpoint):
+    for command in (build, export, verify, demo_checkpoint, embeddings):
         cli.add_command(command)
     # Commands owned by optional stages; each module defines one click command of the same name.
     for module, name in (("onerank_export.cli.calibrate", "calibrate"), ("onerank_export.cli.serve", "serve"),

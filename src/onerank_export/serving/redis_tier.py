@@ -23,6 +23,7 @@ import numpy as np
 import safetensors.numpy
 
 from onerank_export.errors import ConfigError, first_line
+from onerank_export.redis_client import connect, mask_url
 
 FORMAT = "onerank.user-state.v1"
 LOG = logging.getLogger("onerank_export.serving.user_cache")
@@ -52,25 +53,6 @@ def decode(key: bytes, blob: bytes) -> dict[str, np.ndarray]:
         if list(states[name].shape) != info["shape"]:
             raise ValueError(f"{name}: shape {states[name].shape}, header {info['shape']}")
     return states
-
-
-def connect(url: str, *, socket_timeout: float, cluster: bool = False):
-    """A redis-py client for `url` (redis://, rediss://, unix://); a cluster node URL with cluster=True.
-    Connects on first use, not here. No client-side retries: a failed call fails fast to the breaker."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    try:
-        if cluster:
-            from redis.cluster import RedisCluster
-
-            return RedisCluster.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
-        return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                                    retry=Retry(NoBackoff(), 0))
-    except ValueError as exc:
-        raise ConfigError(f"Redis URL {url!r}: {first_line(exc)}; use redis://host:port/db, rediss://host:port/db "
-                          "or unix:///path/to/redis.sock") from None
 
 
 @dataclass(frozen=True)
@@ -136,9 +118,7 @@ class RedisStateCache:
             self.log.warning("user-state cache: Redis at %s answers again; using it", self._where())
 
     def _where(self) -> str:
-        # The URL without a password.
-        head, at, tail = self.url.rpartition("@")
-        return f"{head.split('://')[0]}://***@{tail}" if at else self.url
+        return mask_url(self.url)
 
     def _count(self, **deltas: int) -> None:
         with self._lock:
