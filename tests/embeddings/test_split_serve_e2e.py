@@ -57,3 +57,40 @@ def test_split_build_serves_the_ensemble_within_1e6_and_refuses_ids_past_the_tab
         scores = client.score(good)
         want = EagerDenseRunner(make_tiny_model()).infer_impl(good)["scores"]
         np.testing.assert_allclose(np.asarray(scores), want, atol=1e-6)
+
+
+def test_split_build_with_the_redis_backend_serves_pushed_rows_and_survives_redis_going_down(tmp_path, capsys):
+    """The same ensemble with `--embedding-backend redis`: before the push the lookup answers UNAVAILABLE,
+    after `embeddings push` the scores are eager's within 1e-6, Redis down is UNAVAILABLE (one line)
+    while the server keeps answering, and Redis back is served again."""
+    import urllib.request
+
+    from onerank_export.serving.client import OneRankClient
+    from onerank_export.serving.redis_server import RedisServer
+
+    ckpt = save_checkpoint(make_tiny_model(), tmp_path / "ckpt")
+    out = tmp_path / "build"
+    with RedisServer() as redis:
+        code = main(["build", "--checkpoint", str(ckpt), "--out", str(out), "--engine", "skip", "--target", "cpu",
+                     "--embeddings", "split", "--embedding-backend", "redis", "--embedding-redis", redis.url])
+        assert code == 0, capsys.readouterr().err
+        repo = resolve_repository(out)
+        load, _ = servable_models(repo)
+        good = request(TINY, 2, 6, 5, seed=4)
+        want = EagerDenseRunner(make_tiny_model()).infer_impl(good)["scores"]
+        with TritonServer(repo, models=load, startup_timeout=120) as server:
+            client = OneRankClient(server.http_url)
+            with pytest.raises(RequestError) as e:  # nothing pushed yet
+                client.score(good)
+            assert "\n" not in str(e.value)
+            assert main(["embeddings", "push", "--store", str(out), "--redis", redis.url]) == 0
+            np.testing.assert_allclose(client.score(good), want, atol=1e-6)
+            redis.stop()
+            with pytest.raises(RequestError) as e:
+                client.score(good)
+            assert "\n" not in str(e.value)
+            with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as r:
+                assert r.status == 200  # the server keeps answering
+            redis.start()
+            assert main(["embeddings", "push", "--store", str(out), "--redis", redis.url]) == 0
+            np.testing.assert_allclose(client.score(good), want, atol=1e-6)

@@ -57,6 +57,10 @@ NONE = "none"
               help="Split mode: the store's row storage (int8: row-wise, per-row scale), judged by the accuracy gates.")
 @click.option("--embedding-oov", type=click.Choice(["pad", "error"]), default="pad", show_default=True,
               help="Split mode: ids outside the table read the pad row, or are refused (INVALID_ARGUMENT).")
+@click.option("--embedding-backend", type=click.Choice(["mmap", "redis"]), default="mmap", show_default=True,
+              help="Split mode: the served lookup memory-maps the store, or reads Redis (push the store there with "
+                   "`onerank-export embeddings push`).")
+@click.option("--embedding-redis", metavar="URL", help="Split mode, --embedding-backend redis: the Redis URL.")
 @click.option("--tolerances", type=existing_file,
               help='JSON {"fp16": {"atol": 0.005}, ...} overriding per-precision parity tolerances.')
 @click.option("--force", is_flag=True, help="Replace --out even if it is not an earlier build.")
@@ -65,8 +69,8 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
           calibration_data: Path | None, engine: str,
           plugin_library: Path | None, triton: bool, target: str, serving_profile: str, instances: int | None,
           threads: int | None, user_cache: bool, user_cache_bytes: str, user_cache_redis: str | None,
-          embeddings: str, embedding_dtype: str, embedding_oov: str,
-          tolerances: Path | None, force: bool, seed: int) -> int:
+          embeddings: str, embedding_dtype: str, embedding_oov: str, embedding_backend: str,
+          embedding_redis: str | None, tolerances: Path | None, force: bool, seed: int) -> int:
     """Checkpoint -> ONNX (fp32, fp16, int8) -> parity -> TensorRT engines -> Triton repository + manifest."""
     from onerank_export.parity.verify import load_tolerances
     from onerank_export.pipeline.options import BuildOptions
@@ -86,7 +90,8 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
                            threads=threads, user_cache=user_cache, user_cache_redis=user_cache_redis,
                            user_cache_bytes=CacheSettings.from_parameters(
                                {"user_cache_bytes": user_cache_bytes}).max_bytes,
-                           embeddings=embeddings, embedding_dtype=embedding_dtype, embedding_oov=embedding_oov)
+                           embeddings=embeddings, embedding_dtype=embedding_dtype, embedding_oov=embedding_oov,
+                           embedding_backend=embedding_backend, embedding_redis=embedding_redis)
     outcome = run_build(options, ConsoleUI())
     verdict = "[green]passed[/]" if outcome.passed else "[bold red]FAILED[/]"
     console.print(f"build {verdict} in {time.perf_counter() - started:.0f} s: {outcome.out}/manifest.json")

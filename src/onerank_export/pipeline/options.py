@@ -58,6 +58,10 @@ class BuildOptions:
     embeddings: str = "auto"
     embedding_dtype: str = "fp32"  # split mode: the store's row storage, fp32 | fp16 | int8 (row-wise)
     embedding_oov: str = "pad"  # split mode: ids outside the table -> the pad row, or an error
+    # split mode: where the served lookup reads rows: the memory-mapped store (mmap), or Redis (redis: the store
+    # pushed there with `onerank-export embeddings push`; the build's own checks read the store)
+    embedding_backend: str = "mmap"
+    embedding_redis: str | None = None
 
     def __post_init__(self) -> None:
         # Accept the option strings too ("fp16", "auto"): Python callers need not import the enums.
@@ -66,9 +70,13 @@ class BuildOptions:
         object.__setattr__(self, "tolerances", {Precision.parse(p): t for p, t in self.tolerances.items()})
         for name, value, allowed in (("--embeddings", self.embeddings, ("inline", "split", "auto")),
                                      ("--embedding-dtype", self.embedding_dtype, ("fp32", "fp16", "int8")),
-                                     ("--embedding-oov", self.embedding_oov, ("pad", "error"))):
+                                     ("--embedding-oov", self.embedding_oov, ("pad", "error")),
+                                     ("--embedding-backend", self.embedding_backend, ("mmap", "redis"))):
             if value not in allowed:
                 raise ConfigError(f"{name} {value!r}: expected one of {', '.join(allowed)}")
+        if (self.embedding_backend == "redis") != bool(self.embedding_redis):
+            raise ConfigError("--embedding-backend redis and --embedding-redis URL go together: give both (the "
+                              "URL of the Redis the store is pushed to), or neither for the memory-mapped store")
         if self.calibration_method not in METHODS:
             raise ConfigError(f"calibration method {self.calibration_method!r} is not one of {', '.join(METHODS)}")
 
@@ -88,7 +96,8 @@ class BuildOptions:
                 "user_cache_bytes": self.user_cache_bytes if self.user_cache else None,
                 "user_cache_redis": _without_password(self.user_cache_redis) if self.user_cache else None,
                 "embeddings": self.embeddings, "embedding_dtype": self.embedding_dtype,
-                "embedding_oov": self.embedding_oov}
+                "embedding_oov": self.embedding_oov, "embedding_backend": self.embedding_backend,
+                "embedding_redis": _without_password(self.embedding_redis)}
 
 
 def _without_password(url: str | None) -> str | None:

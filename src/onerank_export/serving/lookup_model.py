@@ -4,7 +4,9 @@ Copied verbatim to `model_repository/onerank_lookup/1/model.py`. The store is me
 copied: every instance (and every model reading it) shares the page cache. Its path is the
 `onerank.embedding_store` parameter, relative to the model directory (a build writes
 `../../embeddings`, the build's one store) or absolute. At load the sizes, dtypes and dims are
-checked against index.json (cheap); `onerank.embedding_verify: yes` also checks the sha256.
+checked against index.json (cheap); `onerank.embedding_verify: yes` also checks the sha256. With
+`onerank.embedding_backend: redis` the rows come from Redis (`onerank.embedding_redis_url`; the store
+pushed there by `onerank-export embeddings push`), embeddings/backends.py `open_lookup`.
 Ids outside the table follow the store's OOV policy: the pad row, or (policy "error") an
 INVALID_ARGUMENT response naming the table and the id, while the model keeps serving.
 """
@@ -25,24 +27,24 @@ for _path in _paths:
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from onerank_export.embeddings.backends import open_lookup  # noqa: E402
 from onerank_export.embeddings.split import LOOKUP_INPUT_NAMES, ROW_INPUTS  # noqa: E402
-from onerank_export.embeddings.store import StoreError, open_store  # noqa: E402
-from onerank_export.serving.parameters import EMBEDDING_STORE_PARAMETER, EMBEDDING_VERIFY_PARAMETER  # noqa: E402
+from onerank_export.embeddings.store import StoreError  # noqa: E402
+from onerank_export.errors import RequestError, ServiceUnavailable  # noqa: E402
 
 
-def _client_error(message: str):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+def _error(message: str, code_name: str):
+    """INVALID_ARG (HTTP 400) for the client's ids, UNAVAILABLE (503) when the rows' server is down."""
+    code = getattr(pb_utils.TritonError, code_name, None)
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
-        path = params[EMBEDDING_STORE_PARAMETER]
-        if not os.path.isabs(path):
-            path = os.path.normpath(os.path.join(args["model_repository"], path))
-        # A bad store fails the load with the store's one-line error (the server reports it per model).
-        self.table = open_store(path, verify=params.get(EMBEDDING_VERIFY_PARAMETER) == "yes").table("item")
+        # mmap: a bad store fails the load with the store's one-line error (the server reports it per model).
+        # redis: connects lazily, so the server starts before Redis or the push; until then UNAVAILABLE.
+        self.table = open_lookup(params, base=args["model_repository"])
 
     def execute(self, requests: list) -> list:
         responses = []
@@ -56,8 +58,10 @@ class TritonPythonModel:
                                          f"{', '.join(LOOKUP_INPUT_NAMES)})")
                     outputs.append(pb_utils.Tensor(row_name, self.table.lookup(tensor.as_numpy())))
                 responses.append(pb_utils.InferenceResponse(outputs))
-            except StoreError as exc:  # an id past the table under "error": the client's error
-                responses.append(pb_utils.InferenceResponse(error=_client_error(str(exc))))
+            except (StoreError, RequestError) as exc:  # an id past the table under "error": the client's error
+                responses.append(pb_utils.InferenceResponse(error=_error(str(exc), "INVALID_ARG")))
+            except ServiceUnavailable as exc:  # Redis down, or the store not pushed: try again later
+                responses.append(pb_utils.InferenceResponse(error=_error(str(exc), "UNAVAILABLE")))
             except Exception as exc:  # this request failed; the model keeps serving the others
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}")))
         return responses

@@ -19,3 +19,5 @@ USER_CACHE_IDENTITY_PARAMETER = "onerank.user_cache_identity"
 # Split mode (docs/embeddings.md): the lookup model's store, a path relative to its model directory or absolute
 EMBEDDING_STORE_PARAMETER = "onerank.embedding_store"
 EMBEDDING_VERIFY_PARAMETER = "onerank.embedding_verify"  # "yes": full sha256 check of the store at load
+EMBEDDING_BACKEND_PARAMETER = "onerank.embedding_backend"  # mmap (default) | redis (embeddings/backends.py)
+EMBEDDING_REDIS_URL_PARAMETER = "onerank.embedding_redis_url"

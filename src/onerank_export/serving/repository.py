@@ -28,7 +28,13 @@ from onerank_export.config import OneRankConfig
 from onerank_export.errors import StageError
 from onerank_export.io import sha256_file, write_text
 from onerank_export.serving import model_config as mcfg
-from onerank_export.serving.parameters import CANDIDATE_SCORER_FILE, PLUGIN_PARAMETER, USER_ENCODER_FILE
+from onerank_export.serving.parameters import (
+    CANDIDATE_SCORER_FILE,
+    EMBEDDING_BACKEND_PARAMETER,
+    EMBEDDING_REDIS_URL_PARAMETER,
+    PLUGIN_PARAMETER,
+    USER_ENCODER_FILE,
+)
 from onerank_export.serving.profiles import ServingPlan, Target
 from onerank_export.serving.user_cache import CacheSettings
 from onerank_export.spec import random_request
@@ -58,6 +64,8 @@ class SplitModels:
     store: Path
     dtype: str = "fp32"
     oov: str = "pad"
+    backend: str = "mmap"  # where the served lookup reads rows: the store (mmap) or Redis
+    redis_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,8 +158,11 @@ def write_split_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
     repo = out_dir / REPOSITORY_DIR
     store = Path(os.path.relpath(split.store, repo / LOOKUP_MODEL))
     artifacts: dict[str, Path] = {}
-    artifacts |= _write_model(repo / LOOKUP_MODEL, mcfg.lookup_config(LOOKUP_MODEL, config, plan, str(store)),
-                              {"model.py": LOOKUP_MODEL_SOURCE})
+    lookup = mcfg.lookup_config(LOOKUP_MODEL, config, plan, str(store))
+    if split.backend == "redis":
+        lookup.parameters[EMBEDDING_BACKEND_PARAMETER].string_value = "redis"
+        lookup.parameters[EMBEDDING_REDIS_URL_PARAMETER].string_value = split.redis_url or ""
+    artifacts |= _write_model(repo / LOOKUP_MODEL, lookup, {"model.py": LOOKUP_MODEL_SOURCE})
     python, ort = mcfg.dense_configs(DENSE_MODEL, config, plan)
     artifacts |= _write_model(repo / DENSE_MODEL, python, {"model.onnx": split.dense, "model.py": DENSE_MODEL_SOURCE})
     rewritten = repo / ort.name / "1" / "model.onnx"

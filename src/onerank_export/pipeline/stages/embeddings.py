@@ -75,7 +75,8 @@ class EmbeddingsStage(Stage):
         dense = state.work / ONNX_DIR / DENSE_ONNX
         exported = export_onnx(state.model, dense, checkpoint_sha256=state.checkpoint_sha256,
                                export_config=SPLIT_DENSE_ONNX_CONFIG)
-        state.split = SplitModels(dense, store_dir, options.embedding_dtype, options.embedding_oov)
+        state.split = SplitModels(dense, store_dir, options.embedding_dtype, options.embedding_oov,
+                                  options.embedding_backend, options.embedding_redis)
         entry = index["tables"]["item"]
         store_bytes = table.nbytes()
         metrics = {"store_dtype": entry["dtype"], "rows": entry["rows"], "dim": entry["dim"],
