@@ -35,6 +35,15 @@ class BuildState:
     onnx_cpu: dict[Precision, Path] = field(default_factory=dict)  # after the exact CPU rewrite (cpu target)
     repository: ModelRepository | None = None  # the Triton model repository, once written
     user_cache: UserCacheModels | None = None  # the user encoder and candidate scorer (build --user-cache)
+    # (user encoder, candidate scorer) ONNX of the other precisions (fp16 / int8 halves), by precision;
+    # the fp32 pair is `user_cache`. The engine stage builds a plan pair for every precision of either.
+    user_cache_variants: dict[Precision, tuple[Path, Path]] = field(default_factory=dict)
+    user_cache_engines: dict[Precision, tuple[Path, Path]] = field(default_factory=dict)  # their TensorRT plans
+
+    def user_cache_halves(self) -> dict[Precision, tuple[Path, Path]]:
+        """Every precision's (user encoder, candidate scorer) ONNX this build has, fp32 first."""
+        fp32 = {Precision.FP32: (self.user_cache.encoder, self.user_cache.scorer)} if self.user_cache else {}
+        return {**fp32, **self.user_cache_variants}
 
     @property
     def config(self) -> OneRankConfig:
