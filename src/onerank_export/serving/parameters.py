@@ -11,3 +11,13 @@ THREADS_PARAMETER = "intra_op_threads"  # ONNX Runtime threads of the python-bac
 # build --user-cache: the python-backend model's two halves, in its version directory
 USER_ENCODER_FILE = "user_encoder.onnx"
 CANDIDATE_SCORER_FILE = "candidate_scorer.onnx"
+# The user-state cache on a GPU target: the TensorRT engines of its two halves, one model per precision,
+# named <prefix>_trt_<precision> (onerank_user_encoder_trt_fp32), called by the BLS model that serves `onerank`.
+USER_ENCODER_MODEL = "onerank_user_encoder"
+CANDIDATE_SCORER_MODEL = "onerank_candidate_scorer"
+ROLE_PARAMETER = "onerank.role"  # user_encoder / candidate_scorer: which half a model serves
+
+
+def tensorrt_half_model(prefix: str, precision: str) -> str:
+    """The Triton model name of one half's TensorRT engine (prefix: USER_ENCODER_MODEL / CANDIDATE_SCORER_MODEL)."""
+    return f"{prefix}_trt_{precision}"

@@ -41,7 +41,7 @@ from onerank_export.engine.tensorrt.plan_metadata import (
     plan_metadata,
     write_plan_metadata,
 )
-from onerank_export.engine.tensorrt.profile import require_valid_profile
+from onerank_export.engine.tensorrt.profile import onnx_io_dtypes, require_valid_profile
 from onerank_export.errors import StageError
 from onerank_export.export.custom_op import MATCHING_SCORE
 from onerank_export.io import write_bytes
@@ -139,7 +139,8 @@ def build_engine(onnx_path: Path, plan_path: Path, config: OneRankConfig, precis
     meta = plan_metadata(plan=plan_path, precision=precision, tensorrt_version=version, gpu_name=gpu_name,
                          compute_capability=capability, profile=profile, onnx=onnx_path,
                          plugin_library=plugin_library, build_seconds=seconds, role=role,
-                         extra={"plugin_layers": plugin_layers, "workspace_bytes": workspace_bytes,
+                         extra={"io_dtypes": onnx_io_dtypes(onnx_path), "plugin_layers": plugin_layers,
+                                "workspace_bytes": workspace_bytes,
                                 "strongly_typed": True, "tf32": False,
                                 "timing_cache": {"file": str(timing_cache), "reused": reused}})
     meta_file = write_plan_metadata(metadata_path(plan_path), meta)

@@ -81,6 +81,18 @@ def onnx_input_dims(onnx_path: Path) -> dict[str, tuple[int | str, ...]]:
             for i in model.graph.input if i.name not in initializers}
 
 
+def onnx_io_dtypes(onnx_path: Path) -> dict[str, str]:
+    """{input or output name: numpy dtype name} of an ONNX graph: what the engine's I/O tensors take,
+    recorded in the plan metadata so the Triton config of a plan declares the ONNX's types."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    return {v.name: tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+            for v in (*model.graph.input, *model.graph.output) if v.name not in initializers}
+
+
 def check_profile(profile: ProfileShapes, inputs: Mapping[str, Dims]) -> list[str]:
     """What in `profile` TensorRT (or the graph) would refuse for a network with `inputs`; [] if nothing."""
     problems = []

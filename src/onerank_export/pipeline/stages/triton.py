@@ -26,7 +26,9 @@ class TritonStage(Stage):
             return StageResult.skipped(self.name, "no fp32 ONNX to serve")
         repo = write_model_repository(state.work, state.config, self.plan, dict(state.onnx), dict(state.engines),
                                       state.plugin_library, cpu_onnx=dict(state.onnx_cpu),
-                                      user_cache=state.user_cache)
+                                      user_cache=state.user_cache,
+                                      user_cache_engines=({str(p): pair for p, pair in state.user_cache_engines.items()}
+                                                          if self.plan.target is Target.GPU else None))
         state.repository = repo
         metrics = {"models": repo.models, "python_model": repo.python_model, **self.plan.describe()}
         problems = check_repository(repo.path, self.plan.target.value)
