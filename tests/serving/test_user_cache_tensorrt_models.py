@@ -6,6 +6,7 @@ The plans are stand-ins: no TensorRT here (docs/gpu-status.md)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import TINY
@@ -13,6 +14,10 @@ from helpers import TINY
 from onerank_export.engine.tensorrt.plan_metadata import metadata_path, optimization_profile, plan_metadata
 from onerank_export.engine.tensorrt.profile import onnx_io_dtypes
 from onerank_export.errors import StageError
+from onerank_export.pipeline.options import BuildOptions
+from onerank_export.pipeline.stages.triton import half_engines
+from onerank_export.pipeline.state import BuildState
+from onerank_export.precision import Precision
 from onerank_export.serving.backend_rules import check_model, check_repository
 from onerank_export.serving.model_config import read_config, to_text, user_cache_io
 from onerank_export.serving.parameters import PLUGIN_PARAMETER, ROLE_PARAMETER
@@ -24,6 +29,7 @@ GPU = serving_plan(Target.GPU, "--target gpu", "throughput")
 
 
 def _plan(directory, role, precision, onnx, dtypes):
+    """A stand-in plan with the metadata a build writes, read back as the triton stage reads it."""
     plan = directory / f"onerank.{role}.{precision}.plan"
     plan.write_bytes(f"{role} {precision}".encode())
     meta = plan_metadata(plan=plan, precision=precision, tensorrt_version="10.8.0.43", gpu_name="g",
@@ -31,6 +37,12 @@ def _plan(directory, role, precision, onnx, dtypes):
                          plugin_library=None, build_seconds=1.0, role=role, extra={"io_dtypes": dtypes})
     metadata_path(plan).write_text(json.dumps(meta))
     return plan
+
+
+def _engines(plans):
+    state = BuildState(BuildOptions(out=Path("unused")), Path("."), Path("."),
+                       user_cache_engines={Precision(p): pair for p, pair in plans.items()})
+    return half_engines(state)
 
 
 @pytest.fixture
@@ -41,10 +53,10 @@ def build(tmp_path, tiny_halves_onnx, tiny_fp32_onnx):
     plugin = out / "plugins" / "libonerank_plugins.so"
     plugin.write_bytes(b"plugin")
     half = {n: "float16" for n in state_names(TINY)}  # an fp16 pair whose states are half precision
-    engines = {"fp32": (_plan(tmp_path, "user_encoder", "fp32", encoder, onnx_io_dtypes(encoder)),
+    engines = _engines({"fp32": (_plan(tmp_path, "user_encoder", "fp32", encoder, onnx_io_dtypes(encoder)),
                         _plan(tmp_path, "candidate_scorer", "fp32", scorer, onnx_io_dtypes(scorer))),
                "fp16": (_plan(tmp_path, "user_encoder", "fp16", encoder, {**onnx_io_dtypes(encoder), **half}),
-                        _plan(tmp_path, "candidate_scorer", "fp16", scorer, {**onnx_io_dtypes(scorer), **half}))}
+                        _plan(tmp_path, "candidate_scorer", "fp16", scorer, {**onnx_io_dtypes(scorer), **half}))})
     return out, {"fp32": tiny_fp32_onnx[1]}, engines, plugin
 
 

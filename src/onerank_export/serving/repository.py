@@ -63,7 +63,8 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
                            engines: Mapping[str, Path], plugin_library: Path | None, *,
                            cpu_onnx: Mapping[str, Path] | None = None,
                            user_cache: UserCacheModels | None = None,
-                           user_cache_engines: Mapping[str, tuple[Path, Path]] | None = None) -> ModelRepository:
+                           user_cache_engines: Mapping[str, tuple[HalfEngine, HalfEngine]] | None = None
+                           ) -> ModelRepository:
     """`out_dir`/model_repository for `plan.target`, every config validated.
 
     `onnx`: the models as exported (gpu target); `cpu_onnx`: the same models after the exact CPU
@@ -133,36 +134,44 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
 HALF_ROLES = ("user_encoder", "candidate_scorer")
 
 
-def _half_metadata(engines: Mapping[str, tuple[Path, Path]]) -> dict[tuple[str, str], tuple[Path, dict]]:
-    """{(precision, role): (plan, its metadata)}; a plan whose metadata names another role is refused."""
-    from onerank_export.engine.tensorrt.plan_metadata import metadata_path, plan_role, read_plan_metadata
+@dataclass(frozen=True)
+class HalfEngine:
+    """One half's TensorRT plan and what its `<plan>.json` says (read by the caller: serving sits below
+    the engine layer)."""
 
+    plan: Path
+    role: str  # user_encoder / candidate_scorer
+    io_dtypes: Mapping[str, str]  # I/O tensor -> numpy dtype name, as the half's ONNX declares them
+
+
+def _half_metadata(engines: Mapping[str, tuple[HalfEngine, HalfEngine]]) -> dict[tuple[str, str], HalfEngine]:
+    """{(precision, role): engine}; a pair out of (encoder, scorer) order is refused."""
     out = {}
     for precision, pair in sorted(engines.items()):
-        for path, role in zip(pair, HALF_ROLES, strict=True):
-            meta = read_plan_metadata(metadata_path(path))
-            if plan_role(meta) != role:
-                raise StageError(f"{path.name} is a {plan_role(meta)} engine, not the {role}; pass (encoder, scorer)")
-            out[(str(precision), role)] = (path, meta)
+        for engine, role in zip(pair, HALF_ROLES, strict=True):
+            if engine.role != role:
+                raise StageError(f"{engine.plan.name} is a {engine.role} engine, not the {role}; "
+                                 "pass (encoder, scorer)")
+            out[(str(precision), role)] = engine
     return out
 
 
 def write_user_cache_engines(repo: Path, config: OneRankConfig, plan: ServingPlan,
-                             halves: Mapping[tuple[str, str], tuple[Path, dict]], plugin_library: Path, out_dir: Path,
+                             halves: Mapping[tuple[str, str], HalfEngine], plugin_library: Path, out_dir: Path,
                              artifacts: dict[str, Path]) -> list[str]:
     """<prefix>_trt_<precision> per half and precision (serving/parameters.py); the I/O types are the ones
-    the half's ONNX declared, read from the plan's metadata. Returns the model names; fills `artifacts`."""
+    the half's ONNX declared (recorded in the plan's metadata). Returns the model names; fills `artifacts`."""
     from onerank_export.serving.parameters import CANDIDATE_SCORER_MODEL, USER_ENCODER_MODEL, tensorrt_half_model
 
     prefixes = dict(zip(HALF_ROLES, (USER_ENCODER_MODEL, CANDIDATE_SCORER_MODEL), strict=True))
     models = []
-    for (precision, role), (path, meta) in halves.items():
+    for (precision, role), engine in halves.items():
         name = tensorrt_half_model(prefixes[role], precision)
-        cfg = mcfg.user_cache_tensorrt_config(name, config, role, precision, plan, meta.get("io_dtypes"))
+        cfg = mcfg.user_cache_tensorrt_config(name, config, role, precision, plan, engine.io_dtypes)
         if role == "candidate_scorer":  # the encoder has no plugin node
             cfg.parameters[PLUGIN_PARAMETER].string_value = str(plugin_library.relative_to(out_dir))
             cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = sha256_file(plugin_library)
-        artifacts |= _write_model(repo / name, cfg, {"model.plan": path})
+        artifacts |= _write_model(repo / name, cfg, {"model.plan": engine.plan})
         models.append(name)
     return models
 
