@@ -56,6 +56,23 @@ def tiny_fp32_onnx(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_halves_onnx(tmp_path_factory):
+    """(model, encoder path, scorer path): the tiny model's user encoder and candidate scorer, exported
+    once per session for tests that only read the files."""
+    from helpers import make_tiny_model
+
+    from onerank_export.export.onnx_config import CANDIDATE_SCORER_ONNX_CONFIG, USER_ENCODER_ONNX_CONFIG
+    from onerank_export.export.onnx_export import export_onnx
+
+    model = make_tiny_model(seed=3)
+    out = tmp_path_factory.mktemp("tiny-halves")
+    encoder, scorer = out / "onerank.user_encoder.fp32.onnx", out / "onerank.candidate_scorer.fp32.onnx"
+    export_onnx(model, encoder, checkpoint_sha256="ab" * 32, export_config=USER_ENCODER_ONNX_CONFIG)
+    export_onnx(model, scorer, checkpoint_sha256="ab" * 32, export_config=CANDIDATE_SCORER_ONNX_CONFIG)
+    return model, encoder, scorer
+
+
+@pytest.fixture(scope="session")
 def demo_checkpoint():
     """The trained demo checkpoint (cached; trained once, ~2 min, if the cache is empty)."""
     from onerank_export.model.demo_checkpoint import ensure_demo_checkpoint

@@ -51,10 +51,24 @@ class StateSpec:
                  NUM_HEADS: config.n_heads, HEAD_DIM: config.d_model // config.n_heads}
         return tuple(sizes[a] for a in self.axes)
 
+    def profile_shapes(self, config: OneRankConfig) -> tuple[tuple[int, ...], ...]:
+        """(min_shape, opt_shape, max_shape) for a TensorRT optimisation profile: `axis_range` per axis."""
+        ranges = {a: axis_range(config, a) for a in (spec.BATCH, spec.HIST_LEN)}
+        return tuple(self.shape(config, ranges[spec.BATCH][i], ranges[spec.HIST_LEN][i]) for i in range(3))
+
     def static_dims(self, config: OneRankConfig) -> tuple[int | None, ...]:
         """-1-free dims with None for the dynamic axes (batch, user_len)."""
         sizes = {ONE: 1, NUM_HEADS: config.n_heads, HEAD_DIM: config.d_model // config.n_heads}
         return tuple(sizes.get(a) for a in self.axes)
+
+
+def axis_range(config: OneRankConfig, axis: str) -> tuple[int, int, int]:
+    """(min, opt, max) of a dynamic axis of the states: the batch and history axes of the serving
+    contract (spec.axis_range), and U = hist_len + num_anchor_tokens. The scorer's TensorRT profile,
+    its Triton dims and any check of a state tensor read the ranges from here."""
+    if axis == USER_LEN:
+        return tuple(n + config.num_anchor_tokens for n in spec.axis_range(config, spec.HIST_LEN))
+    return spec.axis_range(config, axis)
 
 
 def state_specs(config: OneRankConfig) -> tuple[StateSpec, ...]:

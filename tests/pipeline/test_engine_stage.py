@@ -69,8 +69,10 @@ def calls():
 def toolchain(calls):
     """TensorRT 'available', the build stood in for: fp32 builds, int8 fails with a one-line StageError."""
 
-    def fake_build_engine(onnx_path, plan_path, config, precision, *, plugin_library, progress=None, **_):
-        calls.append((precision, plugin_library))
+    def fake_build_engine(onnx_path, plan_path, config, precision, *, plugin_library, role="serving",
+                          progress=None, **_):
+        calls.append((precision, plugin_library) if role == "serving" else (role, precision, plugin_library,
+                                                                            onnx_path.name, plan_path.name))
         if precision == "int8":
             raise StageError("onerank.int8.onnx: TensorRT's ONNX parser failed at node 7 'q' (QuantizeLinear): x")
         plan_path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,3 +148,61 @@ def test_a_gpu_without_a_kernel_image_is_refused_in_preflight(tmp_path, capabili
     message = str(err.value)
     assert f"compute capability {capability}" in message and "sm_75" in message and "--engine skip" in message
     assert "\n" not in message and list(tmp_path.iterdir()) == []
+
+
+def test_halves_get_two_more_plans_per_precision_the_encoder_without_the_plugin(toolchain, calls, tmp_path):
+    from onerank_export.pipeline.state import BuildState
+    from onerank_export.serving.repository import UserCacheModels
+    from onerank_export.serving.user_cache import CacheSettings
+
+    given = tmp_path / "given.so"
+    given.write_bytes(b"plugin")
+    out = tmp_path / "out"
+    fp16 = (tmp_path / "enc16.onnx", tmp_path / "sc16.onnx")
+    state = BuildState(BuildOptions(out=tmp_path / "b"), tmp_path, out,
+                       user_cache=UserCacheModels(tmp_path / "enc.onnx", tmp_path / "sc.onnx", CacheSettings()),
+                       user_cache_variants={Precision.FP16: fp16})
+    halves = state.user_cache_halves()
+    assert halves == {FP32: (tmp_path / "enc.onnx", tmp_path / "sc.onnx"), Precision.FP16: fp16}
+    stage = EngineStage("require", given, toolchain=toolchain, progress=quiet)
+    result = stage.build({FP32: tmp_path / "a.onnx"}, out, TINY, state, halves=halves)
+    assert result.status is Status.OK, result.detail
+    lib = out / "plugins" / "libonerank_plugins.so"
+    assert calls == [("fp32", lib),
+                     ("user_encoder", "fp32", None, "enc.onnx", "onerank.user_encoder.fp32.plan"),
+                     ("candidate_scorer", "fp32", lib, "sc.onnx", "onerank.candidate_scorer.fp32.plan"),
+                     ("user_encoder", "fp16", None, "enc16.onnx", "onerank.user_encoder.fp16.plan"),
+                     ("candidate_scorer", "fp16", lib, "sc16.onnx", "onerank.candidate_scorer.fp16.plan")]
+    roles = {f"{kind}_{role}_{p}" for kind in ("engine", "plan_meta") for role in ("user_encoder", "candidate_scorer")
+             for p in ("fp32", "fp16")}
+    assert set(result.artifacts) == {"plugin_library", "engine_fp32", "plan_meta_fp32"} | roles
+    assert result.detail.startswith("fp32, user encoder fp32, candidate scorer fp32, user encoder fp16, "
+                                    "candidate scorer fp16 engine(s)")
+    engines = out / "engines"
+    assert state.engines == {FP32: engines / "onerank.fp32.plan"}  # the halves never pose as the single graph
+    assert state.user_cache_engines == {
+        p: (engines / f"onerank.user_encoder.{p}.plan", engines / f"onerank.candidate_scorer.{p}.plan")
+        for p in (FP32, Precision.FP16)}
+    build_manifest(out, TINY, {}, {}, [result])  # every listed file exists
+
+
+def test_a_failed_half_is_one_line_and_its_pair_is_not_handed_on(toolchain, calls, tmp_path):
+    from onerank_export.pipeline.state import BuildState
+
+    def scorer_fails(onnx_path, plan_path, config, precision, *, plugin_library, role="serving", progress=None):
+        if role == "candidate_scorer":
+            raise StageError("sc.onnx has 1 MatchingScore node(s); a plugin library is needed to build it")
+        return toolchain.build_engine(onnx_path, plan_path, config, precision, plugin_library=plugin_library,
+                                      role=role)
+
+    given = tmp_path / "given.so"
+    given.write_bytes(b"plugin")
+    state = BuildState(BuildOptions(out=tmp_path / "b"), tmp_path, tmp_path / "out")
+    stage = EngineStage("require", given, toolchain=dataclasses.replace(toolchain, build_engine=scorer_fails),
+                        progress=quiet)
+    result = stage.build({FP32: tmp_path / "a.onnx"}, tmp_path / "out", TINY, state,
+                         halves={FP32: (tmp_path / "enc.onnx", tmp_path / "sc.onnx")})
+    assert result.status is Status.FAILED and "\n" not in result.detail
+    assert result.detail == ("1 of 3 engine(s) failed, first candidate scorer fp32: sc.onnx has 1 MatchingScore "
+                             "node(s); a plugin library is needed to build it; built fp32, user encoder fp32")
+    assert state.user_cache_engines == {} and set(state.engines) == {FP32}

@@ -4,7 +4,8 @@ Runner names say the backend and precision: `eager-serving`, `onnxruntime-<preci
 product's CPU rewrite, what the Triton CPU model serves), `onnxruntime-<precision>-canonical`
 (the file as written, what Triton's ONNX Runtime backend loads), on a host with a CUDA device
 `onnxruntime-<precision>-cuda` and `-tensorrt` (that file on ORT's CUDA / TensorRT providers),
-`tensorrt-<precision>`, and
+`tensorrt-<precision>`, `user-cache-<precision>` / `user-cache-tensorrt-<precision>` (the cached
+path on ONNX Runtime / on the two TensorRT plans, miss then hit), and
 `triton-<protocol>:<model>` for a live server, `triton-ort:<model>` for a repository's ONNX Runtime
 backend models opened as that backend opens them. Only when two targets of one backend share a precision does
 `:<file name>` (or the path, if the names agree too) follow, so names stay the same from build to
@@ -14,7 +15,7 @@ verify. A plan's precision is read from the `<plan>.json` its build wrote, never
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from onerank_export.engine.tensorrt.plan_metadata import metadata_path, read_plan_metadata
@@ -50,6 +51,8 @@ class ParityTargets:
     repository: Path | None = None  # a Triton model repository: its ONNX Runtime backend models, loaded as it would
     user_cache: tuple[Path, Path] | None = None  # (user encoder, candidate scorer): the cached path, miss then hit
     split: tuple[Path, Path] | None = None  # (dense ONNX, embedding store dir): lookup + dense graph (split mode)
+    # {precision: (user encoder plan, candidate scorer plan)}: the cached path on TensorRT
+    user_cache_plans: Mapping[Precision, tuple[Path, Path]] = field(default_factory=dict)
 
     @property
     def onnx_paths(self) -> list[Path]:
@@ -63,7 +66,7 @@ class ParityTargets:
     @property
     def empty(self) -> bool:
         return (not self.onnx and not self.plans and not self.triton_url and self.repository is None
-                and self.user_cache is None and self.split is None)
+                and self.user_cache is None and self.split is None and not self.user_cache_plans)
 
 
 def plan_precision(plan: Path) -> Precision:
@@ -117,6 +120,12 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
         dense, store = targets.split
         precision = SplitRunner.precision_of(store)
         runners.append((SplitRunner(dense, store, name=f"split-{precision.value}"), precision))
+    if targets.user_cache_plans:
+        from onerank_export.parity.user_cache_runner import TensorRTUserCacheRunner
+
+        runners += [(TensorRTUserCacheRunner(encoder, scorer, model.cfg, plugin_library=targets.plugin,
+                                             name=f"user-cache-tensorrt-{Precision(p).value}"), Precision(p))
+                    for p, (encoder, scorer) in targets.user_cache_plans.items()]
     if targets.repository is not None:
         runners += repository_runners(Path(targets.repository))
     if targets.triton_url:

@@ -34,22 +34,25 @@ def default_plugin_for(plan: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-class TensorRTRunner(Runner):
-    def __init__(self, plan: str | Path, plugin_library: str | Path | None = None, name: str | None = None) -> None:
+class EngineSession:
+    """One deserialised plan and its execution context, run like an ONNX Runtime session:
+    `run(output_names or None, feed) -> [arrays]`. The TensorRT runner and the cached path's runner
+    (parity/user_cache_runner.py: user encoder plan -> states -> candidate scorer plan) share it."""
+
+    def __init__(self, plan: str | Path, plugin_library: str | Path | None = None) -> None:
         self.plan = Path(plan)
-        super().__init__(name or f"tensorrt:{self.plan.name}")
-        self.plugin_library = Path(plugin_library) if plugin_library is not None else default_plugin_for(self.plan)
+        self.plugin_library = Path(plugin_library) if plugin_library is not None else None
         self._torch: Any = None
         self._trt: Any = None
         self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
         self._stream: Any = None
-        self._inputs: dict[str, Any] = {}  # name -> torch dtype
-        self._outputs: dict[str, Any] = {}
+        self.inputs: dict[str, Any] = {}  # name -> torch dtype
+        self.outputs: dict[str, Any] = {}
 
-    # ----- runner interface ----------------------------------------------------------------------
-    def activate_impl(self) -> None:
+    def open(self) -> None:
+        """RunnerUnavailable(reason) where CUDA, TensorRT or a CUDA torch are missing."""
         from onerank_export.engine.tensorrt.availability import tensorrt_unavailable_reason
 
         reason = tensorrt_unavailable_reason()
@@ -66,18 +69,18 @@ class TensorRTRunner(Runner):
 
         self._torch, self._trt = torch, trt
         self._runtime, self._engine, self._context = _deserialize(trt, self.plan, self.plugin_library)
-        self._inputs, self._outputs = _io_tensors(trt, self._engine, torch)
-        missing = [n for n in (*spec.INPUT_NAMES, *spec.OUTPUT_NAMES) if n not in {**self._inputs, **self._outputs}]
-        if missing:
-            raise StageError(f"{self.plan}: engine has no tensor '{missing[0]}' of the serving contract "
-                             f"(it has {sorted({**self._inputs, **self._outputs})})")
+        self.inputs, self.outputs = _io_tensors(trt, self._engine, torch)
         self._stream = torch.cuda.Stream()
 
-    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, output_names, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        out = self.infer(feed)
+        return [out[name] for name in (output_names or self.outputs)]
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         keep = []  # device tensors must outlive the asynchronous execution
         with torch.cuda.stream(self._stream):
-            for name, dtype in self._inputs.items():
+            for name, dtype in self.inputs.items():
                 if name not in feed:
                     raise RequestError(f"tensorrt: missing input '{name}'")
                 host = torch.from_numpy(np.ascontiguousarray(feed[name]))
@@ -87,20 +90,48 @@ class TensorRTRunner(Runner):
                 keep.append(device)
                 _bind_input(self._trt, self._engine, self._context, name, tuple(device.shape), device.data_ptr())
             outputs = {}
-            for name, dtype in self._outputs.items():
+            for name, dtype in self.outputs.items():
                 shape = _output_shape(self._context, name)
                 outputs[name] = torch.empty(shape, dtype=dtype, device="cuda")
                 _bind_output(self._context, name, outputs[name].data_ptr())
             _execute(self._context, self._stream.cuda_stream, self.plan)
         self._stream.synchronize()
-        return {name: outputs[name].cpu().numpy() for name in spec.OUTPUT_NAMES}
+        return {name: t.cpu().numpy() for name, t in outputs.items()}
 
-    def deactivate_impl(self) -> None:
+    def close(self) -> None:
         # Context before engine before runtime: TensorRT's own destruction order.
         self._context = None
         self._engine = None
         self._runtime = None
         self._stream = None
+
+
+class TensorRTRunner(Runner):
+    def __init__(self, plan: str | Path, plugin_library: str | Path | None = None, name: str | None = None) -> None:
+        self.plan = Path(plan)
+        super().__init__(name or f"tensorrt:{self.plan.name}")
+        self.plugin_library = Path(plugin_library) if plugin_library is not None else default_plugin_for(self.plan)
+        self.session: EngineSession | None = None
+
+    # ----- runner interface ----------------------------------------------------------------------
+    def activate_impl(self) -> None:
+        session = EngineSession(self.plan, self.plugin_library)
+        session.open()
+        self.session = session
+        names = {**session.inputs, **session.outputs}
+        missing = [n for n in (*spec.INPUT_NAMES, *spec.OUTPUT_NAMES) if n not in names]
+        if missing:
+            raise StageError(f"{self.plan}: engine has no tensor '{missing[0]}' of the serving contract "
+                             f"(it has {sorted(names)})")
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.session.infer(feed)
+        return {name: out[name] for name in spec.OUTPUT_NAMES}
+
+    def deactivate_impl(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.session = None
 
 
 # ----- TensorRT calls -----------------------------------------------------------------------------

@@ -52,3 +52,47 @@ class UserCacheRunner(Runner):
 
     def deactivate_impl(self) -> None:
         self.scorer = None
+
+
+class TensorRTUserCacheRunner(UserCacheRunner):
+    """The cached path on TensorRT: the user encoder plan -> states (cached) -> the candidate scorer plan,
+    through the same `CachedUserScorer`, miss then hit. The plans' roles are read from the `.json`
+    their build wrote, so a swapped pair is refused before anything loads."""
+
+    def __init__(self, encoder_plan: Path, scorer_plan: Path, config, plugin_library: Path | None = None,
+                 name: str | None = None, cache_bytes: int = 256 << 20) -> None:
+        from onerank_export.parity.tensorrt_runner import default_plugin_for
+
+        super().__init__(encoder_plan, scorer_plan, name or f"{RUNNER_NAME}-tensorrt", cache_bytes)
+        self.config = config
+        self.plugin_library = Path(plugin_library) if plugin_library is not None else default_plugin_for(
+            Path(scorer_plan))
+        self.sessions: list = []
+
+    def activate_impl(self) -> None:
+        from onerank_export.engine.tensorrt.plan_metadata import metadata_path, plan_role, read_plan_metadata
+        from onerank_export.parity.tensorrt_runner import EngineSession
+        from onerank_export.serving.cached_scoring import CachedUserScorer
+        from onerank_export.serving.user_cache import LocalStateCache, TieredStateCache
+
+        metas = {}
+        for path, role in ((self.encoder_path, "user_encoder"), (self.scorer_path, "candidate_scorer")):
+            metas[role] = read_plan_metadata(metadata_path(path))
+            if plan_role(metas[role]) != role:
+                raise StageError(f"{path.name} is a {plan_role(metas[role])} engine (its .json says so), not the "
+                                 f"{role}; pass the user encoder plan first, then the candidate scorer plan")
+        # The encoder has no plugin node: only the scorer loads the library.
+        encoder, scorer = EngineSession(self.encoder_path), EngineSession(self.scorer_path, self.plugin_library)
+        for session in (encoder, scorer):
+            session.open()  # RunnerUnavailable where CUDA / TensorRT are missing
+            self.sessions.append(session)
+        meta = metas["user_encoder"]
+        identity = f"onerank/tensorrt/{meta['precision']}/{meta['plan_sha256']}"  # a rebuilt plan is a new identity
+        cache = TieredStateCache(LocalStateCache(self.cache_bytes))
+        self.scorer = CachedUserScorer(self.config, encoder, scorer, cache, identity)
+
+    def deactivate_impl(self) -> None:
+        for session in self.sessions:
+            session.close()
+        self.sessions = []
+        self.scorer = None

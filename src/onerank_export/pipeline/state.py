@@ -39,6 +39,15 @@ class BuildState:
     # split mode: the embedding store + the dense ONNX taking looked-up rows; `onnx` then stays empty
     # (every runner of an `onnx` model feeds the five contract tensors only)
     split: SplitModels | None = None
+    # (user encoder, candidate scorer) ONNX of the other precisions (fp16 / int8 halves), by precision;
+    # the fp32 pair is `user_cache`. The engine stage builds a plan pair for every precision of either.
+    user_cache_variants: dict[Precision, tuple[Path, Path]] = field(default_factory=dict)
+    user_cache_engines: dict[Precision, tuple[Path, Path]] = field(default_factory=dict)  # their TensorRT plans
+
+    def user_cache_halves(self) -> dict[Precision, tuple[Path, Path]]:
+        """Every precision's (user encoder, candidate scorer) ONNX this build has, fp32 first."""
+        fp32 = {Precision.FP32: (self.user_cache.encoder, self.user_cache.scorer)} if self.user_cache else {}
+        return {**fp32, **self.user_cache_variants}
 
     @property
     def config(self) -> OneRankConfig:

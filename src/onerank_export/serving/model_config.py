@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -17,7 +18,12 @@ from tritonclient.grpc import model_config_pb2 as mc
 from onerank_export import spec
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import ConfigError
-from onerank_export.serving.parameters import CONFIG_PARAMETER, PRECISION_PARAMETER, THREADS_PARAMETER
+from onerank_export.serving.parameters import (
+    CONFIG_PARAMETER,
+    PRECISION_PARAMETER,
+    ROLE_PARAMETER,
+    THREADS_PARAMETER,
+)
 from onerank_export.serving.profiles import ServingPlan, Target
 
 # Requests are batched only when all their non-batch dims agree (Triton's rule for non-ragged inputs),
@@ -97,6 +103,46 @@ def tensorrt_config(name: str, config: OneRankConfig, precision: str, plan: Serv
     cfg = base_config(name, config, precision, plan, warmup_files)
     cfg.platform = "tensorrt_plan"
     cfg.default_model_filename = "model.plan"
+    return cfg
+
+
+def user_cache_io(config: OneRankConfig, role: str, dtypes: Mapping[str, str] | None = None
+                  ) -> tuple[list[mc.ModelInput], list[mc.ModelOutput]]:
+    """Triton inputs/outputs of one half (`user_encoder` / `candidate_scorer`): the state dims from
+    user_states (batch implicit, U = -1), the request tensors from the spec. `dtypes` (the half's ONNX
+    types, from its plan metadata) overrides the default types (float32 states, the spec's types)."""
+    from onerank_export.user_states import ENCODER_INPUTS, SCORER_REQUEST_INPUTS, state_specs
+
+    contract = {t.name: (t.static_dims(config), t.dtype) for t in (*spec.INPUTS, *spec.OUTPUTS)}
+    states = {s.name: (s.static_dims(config), "float32") for s in state_specs(config)}
+    names = {"user_encoder": (ENCODER_INPUTS, tuple(states)),
+             "candidate_scorer": ((*states, *SCORER_REQUEST_INPUTS), spec.OUTPUT_NAMES)}
+    if role not in names:
+        raise ConfigError(f"unknown user-cache model role {role!r} (known: {', '.join(names)})")
+
+    def tensor(cls, name):
+        dims, dtype = {**contract, **states}[name]
+        return cls(name=name, data_type=_DTYPES[(dtypes or {}).get(name, dtype)],
+                   dims=[-1 if d is None else d for d in dims[1:]])
+
+    ins, outs = names[role]
+    return [tensor(mc.ModelInput, n) for n in ins], [tensor(mc.ModelOutput, n) for n in outs]
+
+
+def user_cache_tensorrt_config(name: str, config: OneRankConfig, role: str, precision: str, plan: ServingPlan,
+                               dtypes: Mapping[str, str] | None = None) -> mc.ModelConfig:
+    """One half's TensorRT plan on a GPU target, called by the model that serves `onerank` through the
+    cache. No warm-up files: the serving model's warm-up request runs both halves."""
+    if plan.target is not Target.GPU:
+        raise ConfigError(f"{name}: a TensorRT plan runs on a GPU only, not in a {plan.target}-target repository")
+    inputs, outputs = user_cache_io(config, role, dtypes)
+    cfg = mc.ModelConfig(name=name, max_batch_size=config.serving.max_batch_size, input=inputs, output=outputs,
+                         platform="tensorrt_plan", default_model_filename="model.plan")
+    cfg.dynamic_batching.max_queue_delay_microseconds = plan.queue_delay_us
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=plan.instances)
+    cfg.parameters[CONFIG_PARAMETER].string_value = json.dumps(config.to_dict(), sort_keys=True)
+    cfg.parameters[PRECISION_PARAMETER].string_value = str(precision)
+    cfg.parameters[ROLE_PARAMETER].string_value = role
     return cfg
 
 

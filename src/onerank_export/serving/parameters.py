@@ -21,3 +21,13 @@ EMBEDDING_STORE_PARAMETER = "onerank.embedding_store"
 EMBEDDING_VERIFY_PARAMETER = "onerank.embedding_verify"  # "yes": full sha256 check of the store at load
 EMBEDDING_BACKEND_PARAMETER = "onerank.embedding_backend"  # mmap (default) | redis (embeddings/backends.py)
 EMBEDDING_REDIS_URL_PARAMETER = "onerank.embedding_redis_url"
+# The user-state cache on a GPU target: the TensorRT engines of its two halves, one model per precision,
+# named <prefix>_trt_<precision> (onerank_user_encoder_trt_fp32), called by the BLS model that serves `onerank`.
+USER_ENCODER_MODEL = "onerank_user_encoder"
+CANDIDATE_SCORER_MODEL = "onerank_candidate_scorer"
+ROLE_PARAMETER = "onerank.role"  # user_encoder / candidate_scorer: which half a model serves
+
+
+def tensorrt_half_model(prefix: str, precision: str) -> str:
+    """The Triton model name of one half's TensorRT engine (prefix: USER_ENCODER_MODEL / CANDIDATE_SCORER_MODEL)."""
+    return f"{prefix}_trt_{precision}"

@@ -84,12 +84,15 @@ class ModelRepository:
 def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPlan, onnx: Mapping[str, Path],
                            engines: Mapping[str, Path], plugin_library: Path | None, *,
                            cpu_onnx: Mapping[str, Path] | None = None,
-                           user_cache: UserCacheModels | None = None) -> ModelRepository:
+                           user_cache: UserCacheModels | None = None,
+                           user_cache_engines: Mapping[str, tuple[HalfEngine, HalfEngine]] | None = None
+                           ) -> ModelRepository:
     """`out_dir`/model_repository for `plan.target`, every config validated.
 
     `onnx`: the models as exported (gpu target); `cpu_onnx`: the same models after the exact CPU
     rewrite (export/ort_cpu_graph.py), which a cpu-target repository serves; `user_cache`: serve the
-    `onerank` model through the user-state cache (cpu target)."""
+    `onerank` model through the user-state cache (cpu target); `user_cache_engines`: {precision:
+    (user encoder plan, candidate scorer plan)}, one TensorRT model per half (gpu target)."""
     repo = out_dir / REPOSITORY_DIR
     if user_cache is not None and plan.target is not Target.CPU:
         raise StageError(f"the user-state cache is served by the python-backend model on the CPU, not in a "
@@ -105,6 +108,12 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
         if missing:
             raise StageError(f"no CPU-rewritten ONNX for {', '.join(map(str, missing))}: a cpu-target repository "
                              "serves the models after the exact CPU rewrite")
+    if user_cache_engines and plan.target is not Target.GPU:
+        raise StageError(f"the user-state cache's TensorRT engines run on a GPU, not in a {plan.target}-target "
+                         "repository; build with --target gpu")
+    if user_cache_engines and plugin_library is None:
+        raise StageError("the candidate scorer engines need the plugin library, none was built")
+    half_metadata = _half_metadata(user_cache_engines or {})
     if "fp32" not in served:
         raise StageError("no fp32 ONNX to serve")
     warm = warmup_request(config)
@@ -120,6 +129,8 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
             cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = plugin_sha256
             artifacts |= _write_model(repo / name, cfg, {"model.plan": path})
             models.append(name)
+    if user_cache_engines:
+        models += write_user_cache_engines(repo, config, plan, half_metadata, plugin_library, out_dir, artifacts)
     for precision, path in sorted(served.items()):
         name = f"onerank_onnx_{precision}"
         cfg = mcfg.onnxruntime_config(name, config, precision, plan, write_warmup(repo / name, warm))
@@ -187,6 +198,51 @@ directory: move `embeddings/` along at the same relative place, or set the param
 absolute path. On NVIDIA's Triton container, point the ensemble's second step at
 `onerank_dense_onnx_fp32` (ONNX Runtime backend) instead of the python-backend `onerank_dense`.
 """
+
+
+HALF_ROLES = ("user_encoder", "candidate_scorer")
+
+
+@dataclass(frozen=True)
+class HalfEngine:
+    """One half's TensorRT plan and what its `<plan>.json` says (read by the caller: serving sits below
+    the engine layer)."""
+
+    plan: Path
+    role: str  # user_encoder / candidate_scorer
+    io_dtypes: Mapping[str, str]  # I/O tensor -> numpy dtype name, as the half's ONNX declares them
+
+
+def _half_metadata(engines: Mapping[str, tuple[HalfEngine, HalfEngine]]) -> dict[tuple[str, str], HalfEngine]:
+    """{(precision, role): engine}; a pair out of (encoder, scorer) order is refused."""
+    out = {}
+    for precision, pair in sorted(engines.items()):
+        for engine, role in zip(pair, HALF_ROLES, strict=True):
+            if engine.role != role:
+                raise StageError(f"{engine.plan.name} is a {engine.role} engine, not the {role}; "
+                                 "pass (encoder, scorer)")
+            out[(str(precision), role)] = engine
+    return out
+
+
+def write_user_cache_engines(repo: Path, config: OneRankConfig, plan: ServingPlan,
+                             halves: Mapping[tuple[str, str], HalfEngine], plugin_library: Path, out_dir: Path,
+                             artifacts: dict[str, Path]) -> list[str]:
+    """<prefix>_trt_<precision> per half and precision (serving/parameters.py); the I/O types are the ones
+    the half's ONNX declared (recorded in the plan's metadata). Returns the model names; fills `artifacts`."""
+    from onerank_export.serving.parameters import CANDIDATE_SCORER_MODEL, USER_ENCODER_MODEL, tensorrt_half_model
+
+    prefixes = dict(zip(HALF_ROLES, (USER_ENCODER_MODEL, CANDIDATE_SCORER_MODEL), strict=True))
+    models = []
+    for (precision, role), engine in halves.items():
+        name = tensorrt_half_model(prefixes[role], precision)
+        cfg = mcfg.user_cache_tensorrt_config(name, config, role, precision, plan, engine.io_dtypes)
+        if role == "candidate_scorer":  # the encoder has no plugin node
+            cfg.parameters[PLUGIN_PARAMETER].string_value = str(plugin_library.relative_to(out_dir))
+            cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = sha256_file(plugin_library)
+        artifacts |= _write_model(repo / name, cfg, {"model.plan": engine.plan})
+        models.append(name)
+    return models
 
 
 def warmup_request(config: OneRankConfig, seed: int = 0) -> dict[str, np.ndarray]:

@@ -123,3 +123,59 @@ def test_engine_stage_require_lists_the_files_it_built(demo_fp32_onnx, plugin_li
     assert set(result.artifacts) == {"plugin_library", "engine_fp32", "plan_meta_fp32"}
     assert all(p.is_file() and tmp_path in p.parents for p in result.artifacts.values())
     assert result.artifacts["engine_fp32"] == tmp_path / "engines" / "onerank.fp32.plan"
+
+
+# ----- the user-state cache's halves (issue 14): encoder plan -> states -> scorer plan ----------------
+
+
+@pytest.fixture(scope="session")
+def demo_halves(demo_model, tmp_path_factory):
+    """The demo model's fp32 user encoder and candidate scorer ONNX (the fp16 / int8 halves come from the
+    user-cache precision stage of `build`; the stage test below builds what a build hands it)."""
+    from onerank_export.export.onnx_config import CANDIDATE_SCORER_ONNX_CONFIG, USER_ENCODER_ONNX_CONFIG
+    from onerank_export.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("demo-halves")
+    paths = (out / "onerank.user_encoder.fp32.onnx", out / "onerank.candidate_scorer.fp32.onnx")
+    for path, config in zip(paths, (USER_ENCODER_ONNX_CONFIG, CANDIDATE_SCORER_ONNX_CONFIG), strict=True):
+        export_onnx(demo_model, path, export_config=config)
+    return paths
+
+
+def test_halves_engines_build_and_score_like_eager_miss_then_hit(demo_halves, demo_fp32_onnx, plugin_library,
+                                                                demo_model, tmp_path):
+    from onerank_export.engine.tensorrt.plan_metadata import plan_role
+    from onerank_export.parity.user_cache_runner import TensorRTUserCacheRunner
+
+    result = EngineStage("require", plugin_library).build({Precision.FP32: demo_fp32_onnx}, tmp_path,
+                                                          demo_model.cfg, halves={Precision.FP32: demo_halves})
+    assert result.status.value == "ok", result.verdict
+    encoder, scorer = (result.artifacts[f"engine_{r}_fp32"] for r in ("user_encoder", "candidate_scorer"))
+    encoder_meta = read_plan_metadata(result.artifacts["plan_meta_user_encoder_fp32"])
+    scorer_meta = read_plan_metadata(result.artifacts["plan_meta_candidate_scorer_fp32"])
+    assert plan_role(encoder_meta) == "user_encoder" and encoder_meta["plugin_library"] is None
+    assert encoder_meta["plugin_layers"] == 0 and scorer_meta["plugin_layers"] == 1
+    assert plan_role(scorer_meta) == "candidate_scorer"
+    cfg = demo_model.cfg
+    cases = [*default_cases(cfg, seed=0), shape_case(cfg, cfg.serving.max_batch_size, 64, 96, seed=1, name="max")]
+    runner = TensorRTUserCacheRunner(encoder, scorer, cfg, plugin_library=plugin_library)
+    report = run_parity(EagerDenseRunner(demo_model), [(runner, "fp32")], cases, DEFAULT_TOLERANCES)
+    counts = report.counts()
+    assert counts["skipped"] == 0 and report.passed, json.dumps(report.to_dict()["cases"][:1])
+
+
+def test_a_scorer_state_outside_the_profile_is_refused(demo_halves, plugin_library, demo_model, tmp_path):
+    from onerank_export.parity.tensorrt_runner import EngineSession
+    from onerank_export.user_states import state_specs
+
+    cfg = demo_model.cfg
+    plan = tmp_path / "onerank.candidate_scorer.fp32.plan"
+    build_engine(demo_halves[1], plan, cfg, "fp32", plugin_library=plugin_library, role="candidate_scorer")
+    session = EngineSession(plan, plugin_library)
+    session.open()
+    import numpy as np
+
+    too_long = {s.name: np.zeros(s.shape(cfg, 1, cfg.max_hist_len + 1), np.float32) for s in state_specs(cfg)}
+    with pytest.raises(RequestError, match="outside the engine's profile"):
+        session.infer(too_long)
+    session.close()

@@ -20,6 +20,7 @@ from onerank_export.engine.tensorrt.plan_metadata import (
     optimization_profile,
     plan_file_name,
     plan_metadata,
+    plan_role,
     profile_from_metadata,
     read_plan_metadata,
     write_plan_metadata,
@@ -152,3 +153,20 @@ def test_custom_node_count(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20),
                                                       helper.make_opsetid("onerank", 1)]), path)
     assert custom_node_count(path) == 1
+
+
+def test_plan_metadata_records_the_role_and_names_the_halves_plans(tmp_path):
+    plan, model, plugin = _files(tmp_path)
+    scorer = plan_metadata(plan=plan, precision="fp16", tensorrt_version="10.8.0.43", gpu_name="g",
+                           compute_capability="8.0", profile=optimization_profile(TINY, "candidate_scorer"),
+                           onnx=model, plugin_library=plugin, build_seconds=1.0, role="candidate_scorer")
+    back = read_plan_metadata(write_plan_metadata(metadata_path(plan), scorer))
+    assert plan_role(back) == "candidate_scorer" and "user_key_mask" in back["profile"]
+    # plans written before the cache carry no role: they are the single graph; a new one must say it
+    assert plan_role({k: v for k, v in back.items() if k != "role"}) == "serving"
+    with pytest.raises(ValueError, match="role"):
+        write_plan_metadata(tmp_path / "m.json", {k: v for k, v in scorer.items() if k != "role"})
+    assert [plan_file_name("int8", r) for r in ("serving", "user_encoder", "candidate_scorer")] == [
+        "onerank.int8.plan", "onerank.user_encoder.int8.plan", "onerank.candidate_scorer.int8.plan"]
+    with pytest.raises(StageError, match="unknown engine role 'encoder'"):
+        plan_file_name("fp32", "encoder")

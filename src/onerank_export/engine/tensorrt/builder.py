@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from onerank_export import spec
 from onerank_export.config import OneRankConfig
 from onerank_export.engine.tensorrt.api import (
     import_tensorrt,
@@ -33,6 +32,8 @@ from onerank_export.engine.tensorrt.api import (
     tensorrt_version,
 )
 from onerank_export.engine.tensorrt.plan_metadata import (
+    ROLES,
+    SERVING,
     ProfileShapes,
     cuda_device_identity,
     metadata_path,
@@ -40,6 +41,7 @@ from onerank_export.engine.tensorrt.plan_metadata import (
     plan_metadata,
     write_plan_metadata,
 )
+from onerank_export.engine.tensorrt.profile import onnx_io_dtypes, require_valid_profile
 from onerank_export.errors import StageError
 from onerank_export.export.custom_op import MATCHING_SCORE
 from onerank_export.io import write_bytes
@@ -69,8 +71,31 @@ def default_timing_cache_path(tensorrt_version: str, compute_capability: str) ->
 
 
 def custom_node_count(onnx_path: Path) -> int:
+    return onnx_facts(onnx_path)[1]
+
+
+def onnx_facts(onnx_path: Path) -> tuple[str, int]:
+    """(the graph's role as its export recorded it, number of MatchingScore nodes)."""
+    from onerank_export.export.metadata import GRAPH_KEY, model_metadata
+
     model = onnx.load(str(onnx_path), load_external_data=False)
-    return sum(n.domain == MATCHING_SCORE.domain and n.op_type == MATCHING_SCORE.op_type for n in model.graph.node)
+    role = model_metadata(model).get(GRAPH_KEY, SERVING)
+    nodes = sum(n.domain == MATCHING_SCORE.domain and n.op_type == MATCHING_SCORE.op_type for n in model.graph.node)
+    return role, nodes
+
+
+def check_build_inputs(onnx_path: Path, role: str, plugin_library: Path | None) -> int:
+    """What can be refused before TensorRT is loaded: the ONNX is the role's graph, a graph with
+    MatchingScore nodes has a plugin library. Returns the number of MatchingScore nodes."""
+    if role not in ROLES:
+        raise StageError(f"unknown engine role {role!r} (known: {', '.join(ROLES)})")
+    found, nodes = onnx_facts(onnx_path)
+    if found != role:
+        raise StageError(f"{onnx_path.name} is the {found} graph, not the {role} graph; pass the {role} ONNX")
+    if nodes and plugin_library is None:
+        raise StageError(f"{onnx_path.name} has {nodes} {MATCHING_SCORE.op_type} node(s); "
+                         "a plugin library is needed to build it (--plugin, or let the engine stage build it)")
+    return nodes
 
 
 def parser_error_line(onnx_name: str, index: int, total: int, node: int, node_name: str, operator: str,
@@ -82,22 +107,23 @@ def parser_error_line(onnx_name: str, index: int, total: int, node: int, node_na
 
 
 def build_engine(onnx_path: Path, plan_path: Path, config: OneRankConfig, precision: str, *,
-                 plugin_library: Path | None, timing_cache: Path | None = None,
+                 plugin_library: Path | None, role: str = SERVING, timing_cache: Path | None = None,
                  workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, progress: Progress | None = None) -> EngineBuild:
     """Build `plan_path` (+ `<plan>.json`) from `onnx_path`; a one-line StageError on failure.
 
-    The plan is written atomically: a failed build leaves no plan behind.
+    `role`: which graph `onnx_path` is (serving, user_encoder or candidate_scorer): it picks the
+    optimisation profile and is recorded in the metadata. The plan is written atomically: a failed
+    build leaves no plan behind.
     """
     note = progress or (lambda _msg: None)
+    # Refused before TensorRT is touched, so these checks hold (and are tested) on any host.
+    expected_plugin_nodes = check_build_inputs(onnx_path, role, plugin_library)
+    profile = optimization_profile(config, role)
+    require_valid_profile(onnx_path, profile)
     trt = import_tensorrt()
     version = tensorrt_version(trt)
     gpu_name, capability = cuda_device_identity()
     timing_cache = timing_cache or default_timing_cache_path(version, capability)
-    profile = optimization_profile(config)
-    expected_plugin_nodes = custom_node_count(onnx_path)
-    if expected_plugin_nodes and plugin_library is None:
-        raise StageError(f"{onnx_path.name} has {expected_plugin_nodes} {MATCHING_SCORE.op_type} node(s); "
-                         "a plugin library is needed to build it")
 
     note(f"TensorRT {version} on {gpu_name} (sm {capability}): building {plan_path.name} from {onnx_path.name}")
     started = time.perf_counter()
@@ -112,8 +138,9 @@ def build_engine(onnx_path: Path, plan_path: Path, config: OneRankConfig, precis
     write_bytes(plan_path, serialized)
     meta = plan_metadata(plan=plan_path, precision=precision, tensorrt_version=version, gpu_name=gpu_name,
                          compute_capability=capability, profile=profile, onnx=onnx_path,
-                         plugin_library=plugin_library, build_seconds=seconds,
-                         extra={"plugin_layers": plugin_layers, "workspace_bytes": workspace_bytes,
+                         plugin_library=plugin_library, build_seconds=seconds, role=role,
+                         extra={"io_dtypes": onnx_io_dtypes(onnx_path), "plugin_layers": plugin_layers,
+                                "workspace_bytes": workspace_bytes,
                                 "strongly_typed": True, "tf32": False,
                                 "timing_cache": {"file": str(timing_cache), "reused": reused}})
     meta_file = write_plan_metadata(metadata_path(plan_path), meta)
@@ -182,7 +209,7 @@ def _add_profile(trt: ModuleType, builder: trt.Builder, config: trt.IBuilderConf
     inputs = {network.get_input(i).name for i in range(network.num_inputs)}
     if inputs != set(profile):
         missing = sorted(set(profile) - inputs) or sorted(inputs - set(profile))
-        raise StageError(f"network inputs {sorted(inputs)} differ from the serving spec {list(spec.INPUT_NAMES)} "
+        raise StageError(f"network inputs {sorted(inputs)} differ from the profile's {sorted(profile)} "
                          f"(first difference: '{missing[0]}'); re-export the ONNX with this version")
     optimization_profile = builder.create_optimization_profile()
     for name, (min_shape, opt_shape, max_shape) in profile.items():

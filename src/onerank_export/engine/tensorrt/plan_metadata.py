@@ -13,30 +13,31 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from onerank_export import spec
-from onerank_export.config import OneRankConfig
+from onerank_export.engine.tensorrt.profile import ROLES, SERVING, ProfileShapes, optimization_profile
 from onerank_export.errors import StageError
 from onerank_export.io import sha256_file, write_json
 from onerank_export.precision import Precision
 
 PLAN_META_FORMAT = "onerank-plan-meta/1"
-ProfileShapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 _REQUIRED = ("format", "plan", "plan_sha256", "precision", "tensorrt_version", "gpu", "profile", "onnx",
              "plugin_library", "build_seconds")
 
 
-def optimization_profile(config: OneRankConfig) -> ProfileShapes:
-    """{input name: (min, opt, max)} for every serving input, from `spec.profile_shapes`."""
-    return {s.name: spec.profile_shapes(config, s) for s in spec.INPUTS}
+# Re-exported: callers read the profile and the roles from here.
+__all__ = ["ROLES", "SERVING", "ProfileShapes", "optimization_profile"]
 
 
-def plan_file_name(precision: str) -> str:
+def plan_file_name(precision: str, role: str = SERVING) -> str:
+    """`onerank.<p>.plan` for the single graph, `onerank.<role>.<p>.plan` for a half of it."""
+    if role not in ROLES:
+        raise StageError(f"unknown engine role {role!r} (known: {', '.join(ROLES)})")
     try:
-        return f"onerank.{Precision(precision).value}.plan"
+        p = Precision(precision).value
     except ValueError:
         raise StageError(f"unknown engine precision {precision!r} (known: {', '.join(p.value for p in Precision)})"
                          ) from None
+    return f"onerank.{p}.plan" if role == SERVING else f"onerank.{role}.{p}.plan"
 
 
 def metadata_path(plan: Path) -> Path:
@@ -45,7 +46,7 @@ def metadata_path(plan: Path) -> Path:
 
 def plan_metadata(*, plan: Path, precision: str, tensorrt_version: str, gpu_name: str, compute_capability: str,
                   profile: ProfileShapes, onnx: Path, plugin_library: Path | None, build_seconds: float,
-                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  role: str = SERVING, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The metadata of a built plan, hashing the files it was built from."""
     return {
         "format": PLAN_META_FORMAT,
@@ -53,6 +54,7 @@ def plan_metadata(*, plan: Path, precision: str, tensorrt_version: str, gpu_name
         "plan_sha256": sha256_file(plan),
         "plan_bytes": plan.stat().st_size,
         "precision": Precision(precision).value,
+        "role": role,
         "tensorrt_version": tensorrt_version,
         "gpu": {"name": gpu_name, "compute_capability": compute_capability},
         "profile": {name: {"min": list(mn), "opt": list(opt), "max": list(mx)}
@@ -66,7 +68,7 @@ def plan_metadata(*, plan: Path, precision: str, tensorrt_version: str, gpu_name
 
 
 def write_plan_metadata(path: Path, meta: Mapping[str, Any]) -> Path:
-    missing = [k for k in _REQUIRED if k not in meta]
+    missing = [k for k in (*_REQUIRED, "role") if k not in meta]
     if missing:
         raise ValueError(f"plan metadata lacks {missing}")
     return write_json(path, meta, sort_keys=True)
@@ -84,6 +86,11 @@ def read_plan_metadata(path: Path) -> dict[str, Any]:
     if missing:
         raise StageError(f"{path}: plan metadata lacks '{missing[0]}'")
     return meta
+
+
+def plan_role(meta: Mapping[str, Any]) -> str:
+    """The graph a plan was built from; plans written before the user-state cache are the single graph."""
+    return str(meta.get("role", SERVING))
 
 
 def profile_from_metadata(meta: Mapping[str, Any]) -> ProfileShapes:

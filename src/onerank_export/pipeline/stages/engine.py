@@ -5,8 +5,10 @@
     skip     never build
 
 Artifacts: `plugin_library`, `engine_<precision>` (the plan) and `plan_meta_<precision>` (its
-`.json`). Only files that exist are listed: a plan is written atomically after a successful
-build, and a precision that fails to build contributes nothing but the failure line.
+`.json`); with the user-state cache's halves (build --user-cache), also `engine_user_encoder_<p>`,
+`engine_candidate_scorer_<p>` and their `plan_meta_*` for every precision whose halves exist. Only
+files that exist are listed: a plan is written atomically after a successful build, and a plan
+that fails to build contributes nothing but the failure line.
 
 The TensorRT builder, the plugin build and the availability probe are injected (`EngineToolchain`),
 so the stage's bookkeeping is tested with stand-ins on hosts without a GPU.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onerank_export.config import OneRankConfig
+from onerank_export.engine.tensorrt.profile import CANDIDATE_SCORER, SERVING, USER_ENCODER
 from onerank_export.errors import StageError
 from onerank_export.pipeline.options import BuildOptions, EngineMode
 from onerank_export.pipeline.result import StageResult, Status
@@ -65,7 +68,7 @@ class EngineToolchain:
     """What the stage calls to probe, build the plugin and build engines (real ones by default)."""
 
     unavailable_reason: Callable[[], str | None] = _unavailable_reason
-    build_engine: Callable = _build_engine  # (onnx, plan, config, precision, *, plugin_library, progress)
+    build_engine: Callable = _build_engine  # (onnx, plan, config, precision, *, plugin_library, role, progress)
     build_plugin_library: Callable[..., Path] = _build_plugin_library  # (out_dir, *, progress) -> .so
     device: Callable[[], tuple[str, str]] = _device  # (GPU name, "major.minor") of device 0
 
@@ -115,11 +118,13 @@ class EngineStage(Stage):
             check_device(*self.toolchain.device())
 
     def run(self, state: BuildState) -> StageResult:
-        return self.build(dict(state.onnx), state.work, state.config, state)
+        return self.build(dict(state.onnx), state.work, state.config, state, halves=state.user_cache_halves())
 
     def build(self, onnx: dict[Precision, Path], out_dir: Path, config: OneRankConfig,
-              state: BuildState | None = None) -> StageResult:
-        """The stage on explicit inputs (`state`, when given, receives the plans and the plugin)."""
+              state: BuildState | None = None, *, halves: dict[Precision, tuple[Path, Path]] | None = None
+              ) -> StageResult:
+        """The stage on explicit inputs (`state`, when given, receives the plans and the plugin).
+        `halves`: {precision: (user encoder ONNX, candidate scorer ONNX)} to build beside the single graph."""
         reason = unavailable_reason_for(self.mode, self.toolchain)
         if reason:
             return StageResult.skipped(self.name, reason)
@@ -129,11 +134,18 @@ class EngineStage(Stage):
             plugin = self._plugin_into(out_dir / PLUGINS_DIR)
         except StageError as exc:
             return StageResult(self.name, Status.FAILED, f"plugin library: {exc}")
-        result = self._build_engines(onnx, out_dir / ENGINES_DIR, config, plugin)
+        jobs = [(SERVING, Precision(p), path) for p, path in onnx.items()]
+        for p, (encoder, scorer) in (halves or {}).items():
+            jobs += [(USER_ENCODER, Precision(p), encoder), (CANDIDATE_SCORER, Precision(p), scorer)]
+        result = self._build_engines(jobs, out_dir / ENGINES_DIR, config, plugin)
         if state is not None:
             state.plugin_library = plugin
-            state.engines.update({Precision(role.removeprefix("engine_")): path
-                                  for role, path in result.artifacts.items() if role.startswith("engine_")})
+            state.engines.update({p: result.artifacts[f"engine_{p}"] for p in Precision
+                                  if f"engine_{p}" in result.artifacts})
+            state.user_cache_engines.update({
+                p: (result.artifacts[f"engine_{USER_ENCODER}_{p}"], result.artifacts[f"engine_{CANDIDATE_SCORER}_{p}"])
+                for p in Precision if {f"engine_{USER_ENCODER}_{p}", f"engine_{CANDIDATE_SCORER}_{p}"}
+                <= result.artifacts.keys()})
         return result
 
     def _plugin_into(self, plugins_dir: Path) -> Path:
@@ -152,34 +164,37 @@ class EngineStage(Stage):
             shutil.copy2(built, target)
         return target
 
-    def _build_engines(self, onnx: dict[Precision, Path], engines_dir: Path, config: OneRankConfig,
+    def _build_engines(self, jobs: list[tuple[str, Precision, Path]], engines_dir: Path, config: OneRankConfig,
                        plugin: Path) -> StageResult:
+        """One plan per (role, precision, ONNX). The user encoder has no MatchingScore node, so it is
+        built without the plugin library: its plan does not depend on the plugin."""
         from onerank_export.engine.plugin.build import STATIC_LIBRARY
         from onerank_export.engine.tensorrt.plan_metadata import plan_file_name
 
         artifacts: dict[str, Path] = {"plugin_library": plugin}
         metrics: dict[str, object] = {}
         failures, built = [], []
-        for precision, onnx_path in onnx.items():
-            p = Precision(precision)
+        for role, p, onnx_path in jobs:
+            key = p.value if role == SERVING else f"{role}_{p}"
+            label = p.value if role == SERVING else f"{role.replace('_', ' ')} {p}"
             try:
-                result = self.toolchain.build_engine(onnx_path, engines_dir / plan_file_name(p), config, p,
-                                                     plugin_library=plugin,
-                                                     progress=lambda m, p=p: self.progress(f"{p}: {m}"))
+                result = self.toolchain.build_engine(onnx_path, engines_dir / plan_file_name(p, role), config, p,
+                                                     plugin_library=None if role == USER_ENCODER else plugin,
+                                                     role=role,
+                                                     progress=lambda m, label=label: self.progress(f"{label}: {m}"))
             except StageError as exc:
-                failures.append(f"{p}: {exc}")
+                failures.append(f"{label}: {exc}")
                 continue
-            artifacts[f"engine_{p}"] = result.plan
-            artifacts[f"plan_meta_{p}"] = result.metadata
-            metrics[p.value] = {"build_seconds": round(result.seconds, 3), "bytes": result.plan.stat().st_size,
-                                "plugin_layers": result.plugin_layers,
-                                "timing_cache_reused": result.timing_cache_reused}
+            artifacts[f"engine_{key}"] = result.plan
+            artifacts[f"plan_meta_{key}"] = result.metadata
+            metrics[key] = {"build_seconds": round(result.seconds, 3), "bytes": result.plan.stat().st_size,
+                            "plugin_layers": result.plugin_layers, "timing_cache_reused": result.timing_cache_reused}
             metrics["tensorrt_version"] = result.tensorrt_version
             metrics["compute_capability"] = result.compute_capability
-            built.append(p.value)
+            built.append(label)
         if failures:
             ok = f"; built {', '.join(built)}" if built else ""
-            return StageResult(self.name, Status.FAILED, f"{len(failures)} of {len(onnx)} engine(s) failed, first "
+            return StageResult(self.name, Status.FAILED, f"{len(failures)} of {len(jobs)} engine(s) failed, first "
                                f"{failures[0]}{ok}", artifacts, metrics)
         where = f"TensorRT {metrics['tensorrt_version']}, sm {metrics['compute_capability']}"
         return StageResult(self.name, Status.OK, f"{', '.join(built)} engine(s) with the {STATIC_LIBRARY} plugin "

@@ -31,7 +31,8 @@ class ParityStage(Stage):
         targets = ParityTargets(onnx=dict(state.onnx), plans=list(state.engines.values()),
                                 plugin=state.plugin_library, repository=repository,
                                 user_cache=(cached.encoder, cached.scorer) if cached is not None else None,
-                                split=(split.dense, split.store) if split is not None else None)
+                                split=(split.dense, split.store) if split is not None else None,
+                                user_cache_plans=dict(state.user_cache_engines))
         runners = build_runners(state.model, targets)
         report = run_parity_suite(state.model, runners, default_cases(cfg, seed), state.options.tolerances,
                                   invariance_case=invariance_case(cfg, seed))

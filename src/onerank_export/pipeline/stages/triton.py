@@ -40,7 +40,9 @@ class TritonStage(Stage):
             return StageResult.skipped(self.name, "no fp32 ONNX to serve")
         repo = write_model_repository(state.work, state.config, self.plan, dict(state.onnx), dict(state.engines),
                                       state.plugin_library, cpu_onnx=dict(state.onnx_cpu),
-                                      user_cache=state.user_cache)
+                                      user_cache=state.user_cache,
+                                      user_cache_engines=(half_engines(state) if self.plan.target is Target.GPU
+                                                          else None))
         state.repository = repo
         metrics = {"models": repo.models, "python_model": repo.python_model, **self.plan.describe()}
         problems = check_repository(repo.path, self.plan.target.value)
@@ -57,6 +59,18 @@ class TritonStage(Stage):
                            + "; every config.pbtxt parsed with Triton's "
                            "ModelConfig and checked against its backend's rules" + _unserved(state, plan),
                            repo.artifacts, metrics)
+
+
+def half_engines(state: BuildState) -> dict:
+    """The build's user-cache plan pairs with what their `.json` says, for the repository writer."""
+    from onerank_export.engine.tensorrt.plan_metadata import metadata_path, plan_role, read_plan_metadata
+    from onerank_export.serving.repository import HalfEngine
+
+    def half(plan):
+        meta = read_plan_metadata(metadata_path(plan))
+        return HalfEngine(plan, plan_role(meta), meta.get("io_dtypes") or {})
+
+    return {str(p): (half(enc), half(sc)) for p, (enc, sc) in state.user_cache_engines.items()}
 
 
 def _unserved(state: BuildState, plan: ServingPlan) -> str:
