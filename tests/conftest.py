@@ -56,6 +56,21 @@ def tiny_fp32_onnx(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_halves(tiny_fp32_onnx, tmp_path_factory):
+    """(model, user encoder, candidate scorer): the fp32 halves of `tiny_fp32_onnx`'s model, exported
+    once per session (~25 s: the scorer's export is the slowest of the three graphs)."""
+    from onerank_export.export.onnx_config import CANDIDATE_SCORER_ONNX_CONFIG, USER_ENCODER_ONNX_CONFIG
+    from onerank_export.export.onnx_export import export_onnx
+
+    model, _ = tiny_fp32_onnx
+    out = tmp_path_factory.mktemp("tiny-halves")
+    encoder, scorer = out / "onerank.user_encoder.fp32.onnx", out / "onerank.candidate_scorer.fp32.onnx"
+    export_onnx(model, encoder, checkpoint_sha256="cd" * 32, export_config=USER_ENCODER_ONNX_CONFIG)
+    export_onnx(model, scorer, checkpoint_sha256="cd" * 32, export_config=CANDIDATE_SCORER_ONNX_CONFIG)
+    return model, encoder, scorer
+
+
+@pytest.fixture(scope="session")
 def demo_checkpoint():
     """The trained demo checkpoint (cached; trained once, ~2 min, if the cache is empty)."""
     from onerank_export.model.demo_checkpoint import ensure_demo_checkpoint

@@ -4,8 +4,8 @@ Runner names say the backend and precision: `eager-serving`, `onnxruntime-<preci
 product's CPU rewrite, what the Triton CPU model serves), `onnxruntime-<precision>-canonical`
 (the file as written, what Triton's ONNX Runtime backend loads), on a host with a CUDA device
 `onnxruntime-<precision>-cuda` and `-tensorrt` (that file on ORT's CUDA / TensorRT providers),
-`tensorrt-<precision>`, and
-`triton-<protocol>:<model>` for a live server, `triton-ort:<model>` for a repository's ONNX Runtime
+`tensorrt-<precision>`, `user-cache-<precision>` for the cached path of a user encoder + candidate
+scorer pair, and `triton-<protocol>:<model>` for a live server, `triton-ort:<model>` for a repository's ONNX Runtime
 backend models opened as that backend opens them. Only when two targets of one backend share a precision does
 `:<file name>` (or the path, if the names agree too) follow, so names stay the same from build to
 verify. A plan's precision is read from the `<plan>.json` its build wrote, never from its name.
@@ -48,7 +48,8 @@ class ParityTargets:
     triton_model: str | None = None  # None: the server's default CPU model
     protocol: str = "http"
     repository: Path | None = None  # a Triton model repository: its ONNX Runtime backend models, loaded as it would
-    user_cache: tuple[Path, Path] | None = None  # (user encoder, candidate scorer): the cached path, miss then hit
+    # The cached path, miss then hit: (user encoder, candidate scorer), or {precision: (encoder, scorer)}
+    user_cache: tuple[Path, Path] | Mapping[Precision, tuple[Path, Path]] | None = None
 
     @property
     def onnx_paths(self) -> list[Path]:
@@ -59,10 +60,19 @@ class ParityTargets:
             return [(Path(path), Precision(p)) for p, path in self.onnx.items()]
         return [(Path(path), detect_precision(path)) for path in self.onnx]
 
+    def user_cache_pairs(self) -> list[tuple[Path, Path, Precision]]:
+        """(encoder, scorer, precision) per pair; a bare pair's precision is read from its encoder."""
+        if self.user_cache is None:
+            return []
+        if isinstance(self.user_cache, Mapping):
+            return [(Path(e), Path(s), Precision(p)) for p, (e, s) in self.user_cache.items()]
+        encoder, scorer = self.user_cache
+        return [(Path(encoder), Path(scorer), detect_precision(encoder))]
+
     @property
     def empty(self) -> bool:
         return (not self.onnx and not self.plans and not self.triton_url and self.repository is None
-                and self.user_cache is None)
+                and not self.user_cache)
 
 
 def plan_precision(plan: Path) -> Precision:
@@ -104,12 +114,11 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
 
         runners += [(TensorRTRunner(plan, plugin_library=targets.plugin, name=_named(n, "")), p)
                     for (plan, p), n in zip(plans, _names("tensorrt", plans), strict=True)]
-    if targets.user_cache is not None:
+    if targets.user_cache:
         from onerank_export.parity.user_cache_runner import UserCacheRunner
 
-        encoder, scorer = targets.user_cache
-        precision = detect_precision(encoder)
-        runners.append((UserCacheRunner(encoder, scorer, name=f"user-cache-{precision}"), precision))
+        runners += [(UserCacheRunner(encoder, scorer, name=f"user-cache-{precision}"), precision)
+                    for encoder, scorer, precision in targets.user_cache_pairs()]
     if targets.repository is not None:
         runners += repository_runners(Path(targets.repository))
     if targets.triton_url:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # The fields of BuildState a stage may name in `requires` / `provides`.
 MODEL, ONNX, ENGINES, PLUGIN_LIBRARY = "model", "onnx", "engines", "plugin_library"
 ONNX_CPU, REPOSITORY, USER_CACHE = "onnx_cpu", "repository", "user_cache"
+USER_CACHE_VARIANTS = "user_cache_variants"
 
 
 @dataclass
@@ -35,6 +36,8 @@ class BuildState:
     onnx_cpu: dict[Precision, Path] = field(default_factory=dict)  # after the exact CPU rewrite (cpu target)
     repository: ModelRepository | None = None  # the Triton model repository, once written
     user_cache: UserCacheModels | None = None  # the user encoder and candidate scorer (build --user-cache)
+    # Their reduced-precision variants that passed the gates: {precision: (user encoder, candidate scorer)}
+    user_cache_variants: dict[Precision, tuple[Path, Path]] = field(default_factory=dict)
 
     @property
     def config(self) -> OneRankConfig:

@@ -3,7 +3,8 @@
 The same runners as `onerank-export verify` (parity/targets.py): each ONNX model as the product's CPU
 sessions run it (after the CPU rewrite) and as exported (canonical), and every ONNX Runtime backend
 model of the repository just written, opened as Triton's backend opens it (file, session options
-from its config). It runs last so it checks what is served. A mismatch fails the stage (exit 1)
+from its config), and with --user-cache the cached path (miss, then hit) of the halves of every
+precision written. It runs last so it checks what is served. A mismatch fails the stage (exit 1)
 after reports/parity.json and junit.xml are written.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
 from onerank_export.pipeline.state import MODEL, ONNX, BuildState
+from onerank_export.precision import Precision
 
 REPORTS_DIR = "reports"
 
@@ -28,9 +30,10 @@ class ParityStage(Stage):
         cfg, seed = state.config, state.options.seed
         repository = state.repository.path if state.repository is not None else None
         cached = state.user_cache
+        halves = {} if cached is None else {Precision.FP32: (cached.encoder, cached.scorer),
+                                            **state.user_cache_variants}
         targets = ParityTargets(onnx=dict(state.onnx), plans=list(state.engines.values()),
-                                plugin=state.plugin_library, repository=repository,
-                                user_cache=(cached.encoder, cached.scorer) if cached is not None else None)
+                                plugin=state.plugin_library, repository=repository, user_cache=halves or None)
         runners = build_runners(state.model, targets)
         report = run_parity_suite(state.model, runners, default_cases(cfg, seed), state.options.tolerances,
                                   invariance_case=invariance_case(cfg, seed))
