@@ -19,6 +19,8 @@ from onerank_export.calibration.pipeline import calibrate
 from onerank_export.calibration.settings import AccuracyGates, CalibrationSettings
 from onerank_export.calibration.user_cache import REPORT_NAME, calibrate_halves, composed_scores
 from onerank_export.export.metadata import GRAPH_KEY, read_metadata
+from onerank_export.export.onnx_config import CANDIDATE_SCORER_ONNX_CONFIG, USER_ENCODER_ONNX_CONFIG
+from onerank_export.export.onnx_export import export_onnx
 from onerank_export.export.ort_session import cpu_session
 from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import Status
@@ -228,3 +230,52 @@ def test_verify_pairs_the_halves_per_precision(tiny, tmp_path):
     onnx.save(m, str(other))
     with pytest.raises(ConfigError, match="come from different checkpoints"):
         split_user_cache_halves([fp16[0], other])
+
+
+@pytest.mark.slow  # a demo calibration of both halves per precision, plus their export (~1 min on 2 cores)
+def test_demo_halves_pass_the_single_graphs_gates_and_match_its_scores(demo_model, demo_fp32_onnx, calibrated,
+                                                                       tmp_path):
+    enc, sc = tmp_path / "enc.onnx", tmp_path / "sc.onnx"
+    export_onnx(demo_model, enc, export_config=USER_ENCODER_ONNX_CONFIG)
+    export_onnx(demo_model, sc, export_config=CANDIDATE_SCORER_ONNX_CONFIG)
+    sets = prepare_data(demo_model.cfg, CalibrationSettings("fp16"))
+    # fp16: the same ops split at the states (measured 0.0); int8: a rounding step here and there where
+    # the activation scales differ by ~1e-7 (measured 6.2e-4; docs/user-cache.md#precision-of-the-halves).
+    for p, diff in ((Precision.FP16, 1e-6), (Precision.INT8, 2e-3)):
+        single = calibrated(p)
+        outcome = calibrate_halves(enc, sc, demo_model, CalibrationSettings(p), sets, out_dir=tmp_path,
+                                   report_dir=tmp_path, single=single.model_path)
+        assert outcome.passed, outcome.summary
+        assert [g.name for g in outcome.entry.gates] == [g.name for g in single.entry.gates]
+        assert outcome.entry.single_graph["max_abs_diff"] <= diff, p
+        # Both judged on the same held-out requests against the same eager scores.
+        acc, ref = outcome.entry.accuracy, single.entry.accuracy
+        assert abs(acc.max_abs_error - ref.max_abs_error) <= diff and acc.topk_overlap.mean == pytest.approx(
+            ref.topk_overlap.mean, abs=1e-3)
+
+
+@pytest.mark.slow  # a whole tiny `build --user-cache` (three exports, both precisions: ~2 min on 2 cores)
+def test_build_with_user_cache_makes_and_checks_the_halves_of_each_precision(tmp_path, capsys):
+    from helpers import make_tiny_model
+
+    from onerank_export.cli.main import main
+    from onerank_export.model.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(make_tiny_model(), tmp_path / "ckpt")
+    out = tmp_path / "build"
+    code = main(["build", "--checkpoint", str(ckpt), "--out", str(out), "--user-cache", "--no-triton",
+                 "--engine", "skip", "--target", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"]] == [
+        "checkpoint", "export fp32", "user cache", "fp16", "int8", "user cache fp16", "user cache int8", "engine",
+        "parity"]
+    paths = {a["path"] for a in manifest["artifacts"]}
+    assert {f"onnx/onerank.{role}.{p}.onnx" for role in ("user_encoder", "candidate_scorer")
+            for p in ("fp32", "fp16", "int8")} <= paths
+    assert "reports/user_cache_calibration.json" in paths
+    parity = json.loads((out / "reports" / "parity.json").read_text())
+    runners = {c["runner"] for c in parity["cases"]}
+    assert {"user-cache-fp32", "user-cache-fp16", "user-cache-int8"} <= runners
+    stage = next(s for s in manifest["stages"] if s["name"] == "user cache fp16")
+    assert stage["metrics"]["state_dtype"] == "float16" and stage["metrics"]["vs_single_graph"]["max_abs_diff"] <= 1e-6
