@@ -56,20 +56,24 @@ def tiny_fp32_onnx(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_halves_onnx(tmp_path_factory):
-    """(model, encoder path, scorer path): the tiny model's user encoder and candidate scorer, exported
-    once per session for tests that only read the files."""
-    from helpers import make_tiny_model
-
+def tiny_halves(tiny_fp32_onnx, tmp_path_factory):
+    """(model, user encoder, candidate scorer): the fp32 halves of `tiny_fp32_onnx`'s model, exported
+    once per session (~25 s: the scorer's export is the slowest of the three graphs)."""
     from onerank_export.export.onnx_config import CANDIDATE_SCORER_ONNX_CONFIG, USER_ENCODER_ONNX_CONFIG
     from onerank_export.export.onnx_export import export_onnx
 
-    model = make_tiny_model(seed=3)
+    model, _ = tiny_fp32_onnx
     out = tmp_path_factory.mktemp("tiny-halves")
     encoder, scorer = out / "onerank.user_encoder.fp32.onnx", out / "onerank.candidate_scorer.fp32.onnx"
-    export_onnx(model, encoder, checkpoint_sha256="ab" * 32, export_config=USER_ENCODER_ONNX_CONFIG)
-    export_onnx(model, scorer, checkpoint_sha256="ab" * 32, export_config=CANDIDATE_SCORER_ONNX_CONFIG)
+    export_onnx(model, encoder, checkpoint_sha256="cd" * 32, export_config=USER_ENCODER_ONNX_CONFIG)
+    export_onnx(model, scorer, checkpoint_sha256="cd" * 32, export_config=CANDIDATE_SCORER_ONNX_CONFIG)
     return model, encoder, scorer
+
+
+@pytest.fixture(scope="session")
+def tiny_halves_onnx(tiny_halves):
+    """The same exports, under the name the engine and TensorRT-runner tests use."""
+    return tiny_halves
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_model, request
+from helpers import request
 
 from onerank_export import spec
-from onerank_export.export.onnx_config import CANDIDATE_SCORER_ONNX_CONFIG, USER_ENCODER_ONNX_CONFIG
-from onerank_export.export.onnx_export import export_onnx
 from onerank_export.export.ort_session import cpu_session
 from onerank_export.serving.cached_scoring import CachedUserScorer, model_identity
 from onerank_export.serving.user_cache import LocalStateCache, TieredStateCache
@@ -27,12 +25,8 @@ class CountingSession:
 
 
 @pytest.fixture(scope="module")
-def halves(tmp_path_factory):
-    model = make_tiny_model(seed=7).eval()
-    out = tmp_path_factory.mktemp("cached")
-    export_onnx(model, out / "enc.onnx", checkpoint_sha256="cd" * 32, export_config=USER_ENCODER_ONNX_CONFIG)
-    export_onnx(model, out / "sc.onnx", checkpoint_sha256="cd" * 32, export_config=CANDIDATE_SCORER_ONNX_CONFIG)
-    return model, out / "enc.onnx", out / "sc.onnx"
+def halves(tiny_halves):
+    return tiny_halves  # (model, encoder, scorer), exported once per session (conftest.py)
 
 
 def _scorer(halves, max_bytes=1 << 30):

@@ -16,6 +16,8 @@ INT8 (TensorRT explicit quantization, "Working with Quantized Types" in its deve
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
@@ -100,7 +102,7 @@ def check_int8(model: onnx.ModelProto, fp32: onnx.ModelProto, plan: list[NodeCho
         _check("no_qdq_on_integer_tensors", integer_q, "no Q/DQ on ids, indices or shapes"),
         _check("float_nodes_unquantized", leaks, f"{len(float_nodes)} float nodes and the scorer inputs read no DQ"),
         _check("planned_nodes_quantized", missing, f"{len(low)} nodes have Q/DQ on every float input"),
-        _custom_op_check(model, fp32),
+        *_custom_op_checks(model, fp32),
         _check("opset_for_tensorrt",
                [] if TENSORRT_MIN_QDQ_OPSET <= opset <= TENSORRT_MAX_OPSET else [f"opset {opset}"],
                f"ai.onnx opset {opset} (per-channel DQ needs >= {TENSORRT_MIN_QDQ_OPSET}; TensorRT 10 parses "
@@ -108,12 +110,15 @@ def check_int8(model: onnx.ModelProto, fp32: onnx.ModelProto, plan: list[NodeCho
     ]
 
 
-def check_fp16(model: onnx.ModelProto, fp32: onnx.ModelProto, plan: list[NodeChoice]) -> list[Verdict]:
+def check_fp16(model: onnx.ModelProto, fp32: onnx.ModelProto, plan: list[NodeChoice],
+               fp16_io: Collection[str] = ()) -> list[Verdict]:
+    """`fp16_io`: the inputs and outputs declared fp16 (convert_fp16); every other one keeps fp32's type."""
     g = model.graph
     types, made_by = tensor_types(model), producers(g)
     io = [f"{a.name}: {a.type.tensor_type.elem_type} vs {b.type.tensor_type.elem_type}"
           for a, b in zip((*g.input, *g.output), (*fp32.graph.input, *fp32.graph.output), strict=True)
-          if a.name != b.name or a.type.tensor_type.elem_type != b.type.tensor_type.elem_type]
+          if a.name != b.name
+          or a.type.tensor_type.elem_type != (FLOAT16 if b.name in fp16_io else b.type.tensor_type.elem_type)]
     scorer = []
     for node in matching_score_nodes(g):
         want = FLOAT16 if any(c.name == node.name and c.low_precision for c in plan) else FLOAT
@@ -151,13 +156,17 @@ def check_fp16(model: onnx.ModelProto, fp32: onnx.ModelProto, plan: list[NodeCho
             if overflow.any():
                 bad_init.append(f"{init.name}: {int(overflow.sum())} finite fp32 values became inf")
     fp32_count = sum(not c.low_precision for c in plan)
+    io_ok = "inputs and outputs keep the serving contract's names and types"
+    if fp16_io:
+        io_ok = f"inputs and outputs keep their names, {len(fp16_io)} of them fp16 as declared, the rest as in fp32"
     return [
-        _check("io_contract", io, "inputs and outputs keep the serving contract's names and types"),
-        _check("scorer_fp16_inputs", scorer, "MatchingScore reads fp16 z and r, returns fp32 scores"),
+        _check("io_contract", io, io_ok),
+        *([_check("scorer_fp16_inputs", scorer, "MatchingScore reads fp16 z and r, returns fp32 scores")]
+          if matching_score_nodes(fp32.graph) else []),
         _check("plan_respected", placement, f"{len(plan) - fp32_count} nodes in fp16, {fp32_count} in fp32"),
         _check("casts_only_where_types_change", wasteful, f"{len(casts)} Cast nodes, each changes the type once"),
         _check("initializers_fit_fp16", bad_init, "no initializer overflowed to inf in fp16"),
-        _custom_op_check(model, fp32),
+        *_custom_op_checks(model, fp32),
     ]
 
 
@@ -185,13 +194,16 @@ def _weight_problems(dq: onnx.NodeProto, consts: dict, used_by: dict, const) -> 
     return out
 
 
-def _custom_op_check(model: onnx.ModelProto, fp32: onnx.ModelProto) -> Verdict:
+def _custom_op_checks(model: onnx.ModelProto, fp32: onnx.ModelProto) -> list[Verdict]:
+    """The custom-op check where the fp32 model has the node (not in the user encoder)."""
+    if not matching_score_nodes(fp32.graph):
+        return []
     try:
         check_custom_op_intact(model, fp32)
     except StageError as exc:
-        return Verdict.check("custom_op_intact", False, str(exc))
-    return Verdict.check("custom_op_intact", True,
-                         "one onerank::MatchingScore node, attributes and FunctionProto as in fp32")
+        return [Verdict.check("custom_op_intact", False, str(exc))]
+    return [Verdict.check("custom_op_intact", True,
+                          "one onerank::MatchingScore node, attributes and FunctionProto as in fp32")]
 
 
 def _through_shape_ops(tensor: str, made_by: dict[str, onnx.NodeProto]) -> str:

@@ -21,7 +21,7 @@ a model that onnx.checker and ORT rejected (docs/precision.md#library-choice-bot
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,11 +107,17 @@ def range_blocked_nodes(model: onnx.ModelProto, ranges: dict[str, dict[str, floa
 
 def convert_fp16(fp32: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]], *, data_max: float = 512.0,
                  keep_float: Sequence[str] = (), force_low: Sequence[str] = (),
-                 calibration: dict[str, str] | None = None) -> Fp16Model:
+                 calibration: dict[str, str] | None = None, fp16_io: Collection[str] = ()) -> Fp16Model:
+    """`fp16_io`: float inputs and outputs that become fp16 at the interface (the user states between
+    the user encoder and the candidate scorer); every other input and output keeps its type."""
     types = tensor_types(fp32)
+    unknown = sorted(set(fp16_io) - {v.name for v in (*fp32.graph.input, *fp32.graph.output)
+                                     if v.type.tensor_type.elem_type == FLOAT})
+    if unknown:
+        raise ValueError(f"fp16_io names {unknown}, which are not float inputs or outputs of the model")
     ranges = activation_ranges(fp32, batches)
     plan = fp16_plan(fp32, types, range_blocked_nodes(fp32, ranges, data_max), keep_float, force_low)
-    proto, casts = _rewrite(fp32, {c.name for c in plan if c.low_precision}, types)
+    proto, casts = _rewrite(fp32, {c.name for c in plan if c.low_precision}, types, frozenset(fp16_io))
     proto = finalize_precision_model(proto, fp32, Precision.FP16, calibration or {},
                                      {"onerank.fp16.fp32_nodes": str(sum(not c.low_precision for c in plan))})
     return Fp16Model(proto, plan, ranges, casts)
@@ -131,13 +137,16 @@ def _wanted_inputs(node: onnx.NodeProto, low: set[str], types: dict[str, int]) -
     return wanted
 
 
-def _rewrite(fp32: onnx.ModelProto, low: set[str], types: dict[str, int]) -> tuple[onnx.ModelProto, int]:
+def _rewrite(fp32: onnx.ModelProto, low: set[str], types: dict[str, int], fp16_io: frozenset[str] = frozenset()
+             ) -> tuple[onnx.ModelProto, int]:
     model = copy.deepcopy(fp32)
     g = model.graph
     consts = initializers(g)
-    # Float tensors produced in fp16: outputs of fp16 nodes (the scorer's output stays fp32).
+    # Float tensors produced in fp16: outputs of fp16 nodes (the scorer's output stays fp32), and the
+    # inputs declared fp16.
     produced16 = {out for n in g.node if n.name in low and n.op_type != MATCHING_SCORE.op_type
                   for out in n.output if types.get(out) == FLOAT}
+    produced16 |= {v.name for v in g.input if v.name in fp16_io}
     wants = [_wanted_inputs(n, low, types) for n in g.node]  # aligned with g.node
     init_wants: dict[str, set[int]] = {}
     for node, node_wants in zip(g.node, wants, strict=True):
@@ -167,7 +176,13 @@ def _rewrite(fp32: onnx.ModelProto, low: set[str], types: dict[str, int]) -> tup
         if node.name in low:
             _lower_attributes(node)
         nodes.append(node)
-    nodes += _restore_float_outputs(g, produced16)
+    outputs = {o.name for o in g.output}
+    # Each graph output leaves in its interface type: fp32 unless declared fp16.
+    nodes += _cast_outputs(nodes, (produced16 & outputs) - fp16_io, FLOAT)
+    nodes += _cast_outputs(nodes, (fp16_io & outputs) - produced16, FLOAT16)
+    for value in (*g.input, *g.output):
+        if value.name in fp16_io:
+            value.type.tensor_type.elem_type = FLOAT16
     del g.node[:]
     g.node.extend(nodes)
     del g.value_info[:]
@@ -207,15 +222,15 @@ def _lower_attributes(node: onnx.NodeProto) -> None:
         node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(value)))
 
 
-def _restore_float_outputs(g: onnx.GraphProto, produced16: set[str]) -> list[onnx.NodeProto]:
-    """A graph output computed in fp16 gets a final Cast back to fp32 under its public name."""
+def _cast_outputs(nodes: list[onnx.NodeProto], names: set[str], to: int) -> list[onnx.NodeProto]:
+    """Each graph output in `names` is computed under an internal name and Cast to `to` under its
+    public name (fp32 for an output computed in fp16, fp16 for a declared-fp16 one computed in fp32)."""
     extra = []
-    for out in g.output:
-        if out.name not in produced16:
-            continue
-        internal = f"{out.name}/fp16"
-        for node in g.node:
-            node.output[:] = [internal if x == out.name else x for x in node.output]
-            node.input[:] = [internal if x == out.name else x for x in node.input]
-        extra.append(helper.make_node("Cast", [internal], [out.name], to=FLOAT, name=f"{out.name}/cast_fp32"))
+    have, want = ("fp16", "fp32") if to == FLOAT else ("fp32", "fp16")
+    for name in sorted(names):
+        internal = f"{name}/{have}"
+        for node in nodes:
+            node.output[:] = [internal if x == name else x for x in node.output]
+            node.input[:] = [internal if x == name else x for x in node.input]
+        extra.append(helper.make_node("Cast", [internal], [name], to=to, name=f"{name}/cast_{want}"))
     return extra

@@ -77,12 +77,13 @@ def finalize_precision_model(model: onnx.ModelProto, fp32: onnx.ModelProto, prec
 
 
 def check_custom_op_intact(model: onnx.ModelProto, fp32: onnx.ModelProto) -> None:
-    """Exactly one MatchingScore node with the fp32 attributes, and the same FunctionProto."""
+    """As many MatchingScore nodes as the fp32 model (one; none in the user encoder), with the fp32
+    attributes, and the same FunctionProtos."""
     ours, theirs = matching_score_nodes(model.graph), matching_score_nodes(fp32.graph)
     name = f"{MATCHING_SCORE.domain}::{MATCHING_SCORE.op_type}"
-    if len(ours) != 1:
-        raise StageError(f"reduced-precision model has {len(ours)} {name} nodes, expected 1")
-    if list(ours[0].attribute) != list(theirs[0].attribute):
+    if len(ours) != len(theirs):
+        raise StageError(f"reduced-precision model has {len(ours)} {name} nodes, expected {len(theirs)}")
+    if any(list(a.attribute) != list(b.attribute) for a, b in zip(ours, theirs, strict=True)):
         raise StageError(f"{name} node attributes changed during conversion")
     functions = {(f.domain, f.name): f.SerializeToString() for f in model.functions}
     for f in fp32.functions:

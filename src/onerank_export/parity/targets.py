@@ -49,7 +49,8 @@ class ParityTargets:
     triton_model: str | None = None  # None: the server's default CPU model
     protocol: str = "http"
     repository: Path | None = None  # a Triton model repository: its ONNX Runtime backend models, loaded as it would
-    user_cache: tuple[Path, Path] | None = None  # (user encoder, candidate scorer): the cached path, miss then hit
+    # The cached path, miss then hit: (user encoder, candidate scorer), or {precision: (encoder, scorer)}
+    user_cache: tuple[Path, Path] | Mapping[Precision, tuple[Path, Path]] | None = None
     split: tuple[Path, Path] | None = None  # (dense ONNX, embedding store dir): lookup + dense graph (split mode)
     # {precision: (user encoder plan, candidate scorer plan)}: the cached path on TensorRT
     user_cache_plans: Mapping[Precision, tuple[Path, Path]] = field(default_factory=dict)
@@ -63,10 +64,19 @@ class ParityTargets:
             return [(Path(path), Precision(p)) for p, path in self.onnx.items()]
         return [(Path(path), detect_precision(path)) for path in self.onnx]
 
+    def user_cache_pairs(self) -> list[tuple[Path, Path, Precision]]:
+        """(encoder, scorer, precision) per pair; a bare pair's precision is read from its encoder."""
+        if self.user_cache is None:
+            return []
+        if isinstance(self.user_cache, Mapping):
+            return [(Path(e), Path(s), Precision(p)) for p, (e, s) in self.user_cache.items()]
+        encoder, scorer = self.user_cache
+        return [(Path(encoder), Path(scorer), detect_precision(encoder))]
+
     @property
     def empty(self) -> bool:
         return (not self.onnx and not self.plans and not self.triton_url and self.repository is None
-                and self.user_cache is None and self.split is None and not self.user_cache_plans)
+                and not self.user_cache and self.split is None and not self.user_cache_plans)
 
 
 def plan_precision(plan: Path) -> Precision:
@@ -108,12 +118,11 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
 
         runners += [(TensorRTRunner(plan, plugin_library=targets.plugin, name=_named(n, "")), p)
                     for (plan, p), n in zip(plans, _names("tensorrt", plans), strict=True)]
-    if targets.user_cache is not None:
+    if targets.user_cache:
         from onerank_export.parity.user_cache_runner import UserCacheRunner
 
-        encoder, scorer = targets.user_cache
-        precision = detect_precision(encoder)
-        runners.append((UserCacheRunner(encoder, scorer, name=f"user-cache-{precision}"), precision))
+        runners += [(UserCacheRunner(encoder, scorer, name=f"user-cache-{precision}"), precision)
+                    for encoder, scorer, precision in targets.user_cache_pairs()]
     if targets.split is not None:
         from onerank_export.parity.split_runner import SplitRunner
 

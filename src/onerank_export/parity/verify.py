@@ -53,7 +53,7 @@ def run_verify(checkpoint: Path, targets: ParityTargets, extra_shapes: Sequence[
     tolerances = load_tolerances(tolerances_file)
     cases = default_cases(cfg, seed) + [shape_case(cfg, *s, seed=seed) for s in extra_shapes]
     digest = checkpoint_digest(checkpoint)
-    for path in [*targets.onnx_paths, *(targets.user_cache or ())]:
+    for path in [*targets.onnx_paths, *(p for e, s, _ in targets.user_cache_pairs() for p in (e, s))]:
         check_matches_checkpoint(path, cfg, digest)
     with tempfile.TemporaryDirectory(prefix="onerank-verify-") as tmp:
         if targets.empty:
@@ -67,28 +67,37 @@ def run_verify(checkpoint: Path, targets: ParityTargets, extra_shapes: Sequence[
     return report
 
 
-def split_user_cache_halves(files) -> tuple[list[Path], tuple[Path, Path] | None]:
-    """`verify --onnx` files: single serving graphs, and at most one user encoder + candidate scorer
-    pair (told apart by their `onerank.graph` metadata), which is checked as the cached path."""
-    from onerank_export.export.metadata import GRAPH_KEY, read_metadata
+def split_user_cache_halves(files) -> tuple[list[Path], dict[Precision, tuple[Path, Path]] | None]:
+    """`verify --onnx` files: single serving graphs, and user encoder + candidate scorer pairs (told
+    apart by their `onerank.graph` metadata), paired by their `onerank.precision` and each checked as
+    the cached path: at most one pair per precision."""
+    from onerank_export.export.metadata import GRAPH_KEY, detect_precision, read_metadata
 
     singles: list[Path] = []
-    halves: dict[str, list[Path]] = {"user_encoder": [], "candidate_scorer": []}
+    halves: dict[str, dict[Precision, list[Path]]] = {"user_encoder": {}, "candidate_scorer": {}}
+    meta = {}
     for path in map(Path, files):
-        role = read_metadata(path).other.get(GRAPH_KEY, "serving")
-        halves.get(role, singles).append(path)
+        meta[path] = read_metadata(path)
+        role = meta[path].other.get(GRAPH_KEY, "serving")
+        if role in halves:
+            halves[role].setdefault(detect_precision(path), []).append(path)
+        else:
+            singles.append(path)
     encoders, scorers = halves["user_encoder"], halves["candidate_scorer"]
     if not encoders and not scorers:
         return singles, None
-    if len(encoders) != 1 or len(scorers) != 1:
-        raise ConfigError(f"--onnx has {len(encoders)} user encoder(s) and {len(scorers)} candidate scorer(s); "
-                          "give exactly one of each (onnx/onerank.user_encoder.<p>.onnx and "
-                          "onnx/onerank.candidate_scorer.<p>.onnx of one build)")
-    enc, sc = read_metadata(encoders[0]), read_metadata(scorers[0])
-    if (enc.checkpoint_sha256, enc.precision) != (sc.checkpoint_sha256, sc.precision):
-        raise ConfigError(f"{encoders[0].name} and {scorers[0].name} come from different checkpoints or precisions; "
-                          "give the two halves of one build")
-    return singles, (encoders[0], scorers[0])
+    pairs = {}
+    for precision in sorted({*encoders, *scorers}, key=lambda p: list(Precision).index(p)):
+        enc, sc = encoders.get(precision, []), scorers.get(precision, [])
+        if len(enc) != 1 or len(sc) != 1:
+            raise ConfigError(f"--onnx has {len(enc)} {precision} user encoder(s) and {len(sc)} {precision} candidate "
+                              f"scorer(s); give exactly one of each per precision (onnx/onerank.user_encoder."
+                              f"{precision}.onnx and onnx/onerank.candidate_scorer.{precision}.onnx of one build)")
+        if meta[enc[0]].checkpoint_sha256 != meta[sc[0]].checkpoint_sha256:
+            raise ConfigError(f"{enc[0].name} and {sc[0].name} come from different checkpoints; "
+                              "give the two halves of one build")
+        pairs[precision] = (enc[0], sc[0])
+    return singles, pairs
 
 
 def cache_metrics_line(url: str, model: str) -> str:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 MODEL, ONNX, ENGINES, PLUGIN_LIBRARY = "model", "onnx", "engines", "plugin_library"
 ONNX_CPU, REPOSITORY, USER_CACHE = "onnx_cpu", "repository", "user_cache"
 EMBEDDINGS = "split"
+USER_CACHE_VARIANTS = "user_cache_variants"
 
 
 @dataclass

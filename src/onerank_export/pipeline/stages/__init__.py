@@ -1,6 +1,7 @@
 """The stages of `build`, in order. docs/architecture.md has the table of what each requires and provides.
 
-    checkpoint -> export fp32 -> [user cache] -> fp16 -> int8 -> cpu onnx -> engine -> triton -> parity
+    checkpoint -> export fp32 -> [user cache] -> fp16 -> int8 -> [user cache fp16 -> user cache int8]
+        -> cpu onnx -> engine -> triton -> parity
 
 Parity runs last so it checks what the repository serves, loaded as Triton's backend loads it.
 """
@@ -25,9 +26,11 @@ def plan_stages(options: BuildOptions, config: OneRankConfig | None = None) -> l
     from onerank_export.pipeline.stages.precision import CalibrationInputs, PrecisionStage
     from onerank_export.pipeline.stages.triton import TritonStage
     from onerank_export.pipeline.stages.user_cache import UserCacheStage
+    from onerank_export.pipeline.stages.user_cache_precision import UserCachePrecisionStage
     from onerank_export.serving.profiles import choose_target, serving_plan
 
-    inputs = CalibrationInputs()  # one validated load of the calibration data, shared by both precisions
+    # One validated load of the calibration data, shared by both precisions (and their user-cache halves).
+    inputs = CalibrationInputs()
     split = split_mode(options, config)
     stages: list[Stage] = [CheckpointStage(), EmbeddingsStage() if split else ExportStage()]
     plan = None
@@ -42,6 +45,8 @@ def plan_stages(options: BuildOptions, config: OneRankConfig | None = None) -> l
     if options.user_cache:
         stages.append(UserCacheStage(plan.target if plan is not None else None))
     stages += [PrecisionStage(p, inputs) for p in options.precisions]
+    if options.user_cache:  # after the single graphs: each compares its halves with the one of its precision
+        stages += [UserCachePrecisionStage(p, inputs) for p in options.precisions]
     if plan is not None:
         stages += [CpuOnnxStage(plan), EngineStage(options.engine, options.plugin_library), TritonStage(plan)]
     else:

@@ -3,7 +3,8 @@
 The same runners as `onerank-export verify` (parity/targets.py): each ONNX model as the product's CPU
 sessions run it (after the CPU rewrite) and as exported (canonical), and every ONNX Runtime backend
 model of the repository just written, opened as Triton's backend opens it (file, session options
-from its config). It runs last so it checks what is served. A mismatch fails the stage (exit 1)
+from its config), and with --user-cache the cached path (miss, then hit) of the halves of every
+precision written. It runs last so it checks what is served. A mismatch fails the stage (exit 1)
 after reports/parity.json and junit.xml are written.
 """
 
@@ -27,10 +28,10 @@ class ParityStage(Stage):
 
         cfg, seed = state.config, state.options.seed
         repository = state.repository.path if state.repository is not None else None
-        cached, split = state.user_cache, state.split
+        split = state.split
         targets = ParityTargets(onnx=dict(state.onnx), plans=list(state.engines.values()),
                                 plugin=state.plugin_library, repository=repository,
-                                user_cache=(cached.encoder, cached.scorer) if cached is not None else None,
+                                user_cache=state.user_cache_halves() or None,
                                 split=(split.dense, split.store) if split is not None else None,
                                 user_cache_plans=dict(state.user_cache_engines))
         runners = build_runners(state.model, targets)
