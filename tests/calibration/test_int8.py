@@ -154,24 +154,24 @@ def test_keep_float_and_force_low_precision_overrides(demo_fp32_onnx, small_sets
     assert not [n.name for n in kept.proto.graph.node if n.op_type == "Gemm" and set(n.input) & dq_out]
     # The user and candidate paths share each layer's weights: keeping one path's matmul in float
     # must not hand it the other path's int8-rounded weight.
-    shared = quantize_int8(demo_fp32_onnx, batches, method="minmax", keep_float=["layers.0.ffn.down/linear_8/MatMul"])
+    shared = quantize_int8(demo_fp32_onnx, batches, method="minmax", keep_float=["layers.0.ffn.down/linear_9/MatMul"])
     g = shared.proto.graph
-    kept_node = next(n for n in g.node if n.name == "layers.0.ffn.down/linear_8/MatMul")
-    twin = next(n for n in g.node if n.name == "layers.0.ffn.down/linear_6/MatMul")
-    assert "layers.0.ffn.down/linear_6/MatMul" in shared.quantized_nodes
+    kept_node = next(n for n in g.node if n.name == "layers.0.ffn.down/linear_9/MatMul")
+    twin = next(n for n in g.node if n.name == "layers.0.ffn.down/linear_3/MatMul")
+    assert "layers.0.ffn.down/linear_3/MatMul" in shared.quantized_nodes
     assert kept_node.input[1] == "layers.0.ffn.down.weight_t" and not set(kept_node.input) & dq_of(g)
     assert set(twin.input) & dq_of(g)
     fp32 = onnx.load(str(demo_fp32_onnx))
     assert all(c.passed for c in check_int8(shared.proto, fp32, shared.plan))
-    forced = quantize_int8(demo_fp32_onnx, batches, method="minmax", force_low=["encoder.0/matmul_3/MatMul"])
-    assert "encoder.0/matmul_3/MatMul" in forced.quantized_nodes
+    forced = quantize_int8(demo_fp32_onnx, batches, method="minmax", force_low=["encoder.0.groups/matmul_3/MatMul"])
+    assert "encoder.0.groups/matmul_3/MatMul" in forced.quantized_nodes
     with pytest.raises(ConfigError, match="matches no node"):
         quantize_int8(demo_fp32_onnx, batches, method="minmax", keep_float=["layers.9.*"])
     with pytest.raises(ConfigError, match="cannot be quantized"):
         quantize_int8(demo_fp32_onnx, batches, method="minmax", force_low=["MatchingScore"])
     # The candidates' score GEMM reads the key mask as a key column: refused, whatever the method.
     with pytest.raises(ConfigError, match="carries the attention key mask"):
-        quantize_int8(demo_fp32_onnx, batches, method="entropy", force_low=["encoder.0/matmul_2/MatMul"])
+        quantize_int8(demo_fp32_onnx, batches, method="entropy", force_low=["encoder.0.groups/matmul_2/MatMul"])
 
 
 def dq_of(graph: onnx.GraphProto) -> set[str]:

@@ -41,7 +41,7 @@ class ServingGraph(nn.Module):
     def __init__(self, model: OneRankModel) -> None:
         super().__init__()
         self.model = model
-        # Per-layer wrappers only give the exported nodes readable scopes ("encoder.0/softmax");
+        # Per-layer wrappers only give the exported nodes readable scopes ("encoder.0.user/softmax");
         # they hold the model's own layers, so parameters are shared, not copied.
         self.encoder = nn.ModuleList(ServingEncoderLayer(layer) for layer in model.layers)
         g = model.cfg.num_tasks + 1
@@ -79,7 +79,7 @@ class ServingGraph(nn.Module):
         # The candidates' key mask is a GEMM operand (see ServingEncoderLayer): finite MASKED_SCORE.
         states = [torch.where(valid_u, 0.0, MASKED_SCORE)[:, None, :, None]]  # [B, 1, U, 1]
         for i, layer in enumerate(self.encoder):
-            x_u, k_u, v_u = layer.user_step(x_u, user_bias, last=i == len(self.encoder) - 1)
+            x_u, k_u, v_u = layer.user(x_u, user_bias, last=i == len(self.encoder) - 1)
             states += [k_u, v_u]
         return tuple(states)
 
@@ -100,7 +100,7 @@ class ServingGraph(nn.Module):
         x_g = x_g.reshape(b, n * g, d)
         for i, layer in enumerate(self.encoder):
             last = i == len(self.encoder) - 1
-            x_g = layer.group_step(x_g, kv[2 * i], kv[2 * i + 1], key_mask, self.half_bias, n, g,
+            x_g = layer.groups(x_g, kv[2 * i], kv[2 * i + 1], key_mask, self.half_bias, n, g,
                                    task_rows_only=last)
         return self.model.norm_enc(x_g).view(b, n, g - 1, d)
 
@@ -178,6 +178,10 @@ class ServingEncoderLayer(nn.Module):
         dh = layer.qkv.in_features // layer.n_heads
         pick = torch.eye(dh + 3)[-2:] * dh**-0.5
         self.register_buffer("pick_keys", pick.view(1, 1, 2, dh + 3), persistent=False)
+        # Called through these, the two sides' exported nodes get readable scopes of their own
+        # ("encoder.0.user/softmax", "encoder.1.groups/matmul_1"), which --keep-float selectors name.
+        self.user = _Scope(self.user_step)
+        self.groups = _Scope(self.group_step)
 
     def user_step(self, x_u: torch.Tensor, user_bias: torch.Tensor, *, last: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -240,6 +244,17 @@ class ServingEncoderLayer(nn.Module):
 
         x_g = x_res + layer.out(o_g.reshape(b, rows, d))
         return x_g + layer.ffn(layer.norm_ffn(x_g))
+
+
+class _Scope(nn.Module):
+    """A named call site for one method of the layer: no parameters, no state of its own."""
+
+    def __init__(self, method) -> None:
+        super().__init__()
+        self.__dict__["method"] = method
+
+    def forward(self, *args, **kwargs):
+        return self.method(*args, **kwargs)
 
 
 def _heads(layer: EncoderLayer, x: torch.Tensor, n_heads: int) -> torch.Tensor:
