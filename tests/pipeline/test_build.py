@@ -145,9 +145,26 @@ def test_user_cache_build_exports_checks_and_serves_the_halves(capsys, tiny_ckpt
     assert max(o["max_abs"] for c in cached for o in c["outputs"]) <= 1e-6
 
 
-def test_user_cache_on_a_gpu_target_is_refused_before_any_work(capsys, tiny_ckpt, tmp_path):
+def test_user_cache_on_a_gpu_target_serves_the_halves_through_bls(capsys, tiny_ckpt, tmp_path):
+    from onerank_export.serving.backend_rules import check_repository
+    from onerank_export.serving.model_config import read_config
+
     out = tmp_path / "uc-gpu"
     code, io = build(capsys, "--checkpoint", str(tiny_ckpt), "--out", str(out), "--precision", "none",
                      "--engine", "skip", "--target", "gpu", "--user-cache")
-    assert code == 1 and not out.exists()
-    assert "--user-cache" in io.err and "--target cpu" in io.err and len(io.err.strip().splitlines()) == 1
+    assert code == 0, io.err
+    repo = out / "model_repository"
+    assert check_repository(repo, "gpu") == []
+    models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+    assert models == ["onerank", "onerank_candidate_scorer_onnx_fp32", "onerank_onnx_fp32",
+                      "onerank_user_encoder_onnx_fp32"]
+    cfg = read_config(repo / "onerank" / "config.pbtxt")
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["onerank.user_encoder_model"] == "onerank_user_encoder_onnx_fp32"
+    assert params["onerank.user_cache_identity"].startswith("onerank/")
+    assert not cfg.model_warmup and [g.kind for g in cfg.instance_group] == [cfg.instance_group[0].KIND_CPU]
+    # A BLS name that is not a model of the repository is a rule violation.
+    cfg.parameters["onerank.candidate_scorer_model"].string_value = "nope"
+    (repo / "onerank" / "config.pbtxt").write_text(__import__("onerank_export.serving.model_config",
+                                                              fromlist=["to_text"]).to_text(cfg))
+    assert any("[bls-model]" in line and "'nope'" in line for line in check_repository(repo, "gpu"))

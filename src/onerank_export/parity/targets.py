@@ -145,12 +145,14 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
 def repository_runners(repository: Path) -> list[tuple[Runner, Precision]]:
     """One runner per ONNX Runtime backend model of a Triton repository, at the precision its config records."""
     from onerank_export.serving.model_config import read_config
-    from onerank_export.serving.parameters import PRECISION_PARAMETER
+    from onerank_export.serving.parameters import PRECISION_PARAMETER, ROLE_PARAMETER
 
     out: list[tuple[Runner, Precision]] = []
     for config in sorted(repository.glob("*/config.pbtxt")):
         cfg = read_config(config)
         if cfg.platform != "onnxruntime_onnx" and cfg.backend != "onnxruntime":
+            continue
+        if ROLE_PARAMETER in cfg.parameters:  # one half of the cached path: its inputs are not the contract's
             continue
         if any(i.name == "hist_item_rows" for i in cfg.input):  # split mode's dense model: fed rows by the
             continue  # lookup, which this runner does not do; the `split-*` runner checks the same file

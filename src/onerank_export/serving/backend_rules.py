@@ -26,9 +26,11 @@ from onerank_export.serving import ort_backend as ortb
 from onerank_export.serving.model_config import read_config, warmup_nbytes
 from onerank_export.serving.parameters import (
     CANDIDATE_SCORER_FILE,
+    CANDIDATE_SCORER_MODEL_PARAMETER,
     CONFIG_PARAMETER,
     THREADS_PARAMETER,
     USER_ENCODER_FILE,
+    USER_ENCODER_MODEL_PARAMETER,
 )
 from onerank_export.serving.user_cache import PARAMETERS as CACHE_PARAMETERS
 from onerank_export.serving.user_cache import CacheSettings
@@ -213,6 +215,13 @@ def _file_rules(model_dir: Path, cfg: mc.ModelConfig, backend: str | None, bad) 
         if backend == "python" and CONFIG_PARAMETER in cfg.parameters:
             # python_model.py initialize() opens <version>/model.onnx next to model.py, or the user
             # encoder and candidate scorer when the encoder is there (build --user-cache).
+            if USER_ENCODER_MODEL_PARAMETER in cfg.parameters:  # the halves are models it calls (BLS)
+                for key in (USER_ENCODER_MODEL_PARAMETER, CANDIDATE_SCORER_MODEL_PARAMETER):
+                    called = cfg.parameters[key].string_value
+                    if not (model_dir.parent / called / "config.pbtxt").is_file():
+                        bad("bls-model", f"{key} names '{called}', which is not a model of this repository "
+                            "(the BLS call fails at the first request)", "write that model or fix the name")
+                continue
             cached = (model_dir / version / USER_ENCODER_FILE).is_file()
             for file in (USER_ENCODER_FILE, CANDIDATE_SCORER_FILE) if cached else ("model.onnx",):
                 onnx_path = model_dir / version / file

@@ -146,6 +146,33 @@ def user_cache_tensorrt_config(name: str, config: OneRankConfig, role: str, prec
     return cfg
 
 
+def user_cache_onnxruntime_config(name: str, config: OneRankConfig, role: str, plan: ServingPlan
+                                  ) -> mc.ModelConfig:
+    """One half as exported, on Triton's ONNX Runtime backend in a GPU-target repository (where no
+    TensorRT engine of it was built), called by the BLS model that serves `onerank`."""
+    if plan.target is not Target.GPU:
+        raise ConfigError(f"{name}: the BLS-served halves belong to a gpu-target repository, not {plan.target}")
+    inputs, outputs = user_cache_io(config, role)
+    cfg = mc.ModelConfig(name=name, max_batch_size=config.serving.max_batch_size, input=inputs, output=outputs,
+                         platform="onnxruntime_onnx", default_model_filename="model.onnx")
+    cfg.dynamic_batching.max_queue_delay_microseconds = plan.queue_delay_us
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=plan.instances)
+    cfg.parameters[CONFIG_PARAMETER].string_value = json.dumps(config.to_dict(), sort_keys=True)
+    cfg.parameters[PRECISION_PARAMETER].string_value = "fp32"
+    cfg.parameters[ROLE_PARAMETER].string_value = role
+    return cfg
+
+
+def python_bls_config(name: str, config: OneRankConfig, plan: ServingPlan) -> mc.ModelConfig:
+    """The serving contract on the python backend, KIND_CPU (the model code keeps the cache in host
+    memory; the GPU work is in the models it calls), no warm-up (BLS fails while the server starts)."""
+    cfg = base_config(name, config, "fp32", plan, None)
+    cfg.backend = "python"
+    del cfg.instance_group[:]
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=plan.instances)
+    return cfg
+
+
 def python_onnx_config(name: str, config: OneRankConfig, plan: ServingPlan,
                        warmup_files: dict[str, str] | None = None) -> mc.ModelConfig:
     """The python backend running the CPU-rewritten fp32 ONNX with ONNX Runtime (what the bundled

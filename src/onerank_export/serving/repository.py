@@ -94,9 +94,6 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
     `onerank` model through the user-state cache (cpu target); `user_cache_engines`: {precision:
     (user encoder plan, candidate scorer plan)}, one TensorRT model per half (gpu target)."""
     repo = out_dir / REPOSITORY_DIR
-    if user_cache is not None and plan.target is not Target.CPU:
-        raise StageError(f"the user-state cache is served by the python-backend model on the CPU, not in a "
-                         f"{plan.target}-target repository; build with --target cpu")
     # Everything that can be refused is refused before the first file is written.
     if plan.target is Target.GPU:
         served = dict(onnx)
@@ -131,6 +128,11 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
             models.append(name)
     if user_cache_engines:
         models += write_user_cache_engines(repo, config, plan, half_metadata, plugin_library, out_dir, artifacts)
+    if user_cache is not None and plan.target is Target.GPU:
+        from onerank_export.serving.cached_repository import write_gpu_cached_model
+
+        models += write_gpu_cached_model(repo, config, plan, user_cache, half_metadata, PYTHON_MODEL_SOURCE,
+                                         _write_model, artifacts)
     for precision, path in sorted(served.items()):
         name = f"onerank_onnx_{precision}"
         cfg = mcfg.onnxruntime_config(name, config, precision, plan, write_warmup(repo / name, warm))

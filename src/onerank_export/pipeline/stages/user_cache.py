@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from onerank_export.config import OneRankConfig
-from onerank_export.errors import StageError
 from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
@@ -36,9 +35,6 @@ class UserCacheStage(Stage):
         self.target = target
 
     def preflight(self, options: BuildOptions, config: OneRankConfig) -> None:
-        if self.target is not None and self.target is not Target.CPU:
-            raise StageError(f"--user-cache serves through the python-backend model on the CPU, and this build "
-                             f"targets {self.target}; add --target cpu (docs/user-cache.md)")
         if options.user_cache_redis:
             from onerank_export.serving.user_cache import CacheSettings
 
