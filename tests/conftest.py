@@ -43,6 +43,19 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
+def tiny_fp32_onnx(tmp_path_factory):
+    """(model, path): a tiny model exported once per session (~10 s) for tests that only read the file."""
+    from helpers import make_tiny_model
+
+    from onerank_export.export.onnx_export import export_onnx
+
+    model = make_tiny_model(seed=3)
+    path = tmp_path_factory.mktemp("tiny-onnx") / "tiny.fp32.onnx"
+    export_onnx(model, path)
+    return model, path
+
+
+@pytest.fixture(scope="session")
 def demo_checkpoint():
     """The trained demo checkpoint (cached; trained once, ~2 min, if the cache is empty)."""
     from onerank_export.model.demo_checkpoint import ensure_demo_checkpoint

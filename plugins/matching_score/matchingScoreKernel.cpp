@@ -260,7 +260,7 @@ int32_t selectConfig(int64_t dModel, void const* const (&pointers)[4]) noexcept
 } // namespace
 
 template <typename T>
-CUresult launchMatchingScore(T const* z, T const* r, uint8_t const* valid, float* scores,
+CUresult launchMatchingScore(T const* z, T const* r, int32_t const* valid, float* scores,
     MatchingScoreShape const& shape, float scale, CUstream stream, LaunchMessage& message) noexcept
 {
     message.text[0] = '\0';
@@ -336,9 +336,9 @@ CUresult launchMatchingScore(T const* z, T const* r, uint8_t const* valid, float
     }
 }
 
-template CUresult launchMatchingScore<float>(float const*, float const*, uint8_t const*, float*,
+template CUresult launchMatchingScore<float>(float const*, float const*, int32_t const*, float*,
     MatchingScoreShape const&, float, CUstream, LaunchMessage&) noexcept;
-template CUresult launchMatchingScore<__half>(__half const*, __half const*, uint8_t const*, float*,
+template CUresult launchMatchingScore<__half>(__half const*, __half const*, int32_t const*, float*,
     MatchingScoreShape const&, float, CUstream, LaunchMessage&) noexcept;
 
 } // namespace plugin

@@ -12,6 +12,7 @@ namespace plugin
 {
 
 //! Sizes of one call: z [batch, tasks, dModel], r [batch, candidates, tasks, dModel], valid [batch, candidates].
+//! valid is int32, nonzero = a real candidate (TensorRT plugins take no kBOOL input).
 struct MatchingScoreShape
 {
     int64_t batch;
@@ -30,7 +31,7 @@ struct LaunchMessage
 //! T is the input element type (float or __half); scores are always fp32.
 //! Returns CUDA_SUCCESS, or the failing CUresult with `message` saying what failed. Never throws.
 template <typename T>
-CUresult launchMatchingScore(T const* z, T const* r, uint8_t const* valid, float* scores,
+CUresult launchMatchingScore(T const* z, T const* r, int32_t const* valid, float* scores,
     MatchingScoreShape const& shape, float scale, CUstream stream, LaunchMessage& message) noexcept;
 
 } // namespace plugin

@@ -29,7 +29,7 @@ bool toDataType(spec::ElementType type, DataType& out) noexcept
     {
     case spec::ElementType::kFLOAT: out = DataType::kFLOAT; return true;
     case spec::ElementType::kFLOAT16: out = DataType::kHALF; return true;
-    case spec::ElementType::kBOOL: out = DataType::kBOOL; return true;
+    case spec::ElementType::kINT32: out = DataType::kINT32; return true;
     }
     return false;
 }
@@ -195,6 +195,13 @@ int32_t MatchingScorePlugin::getOutputDataTypes(
         logMessage(Severity::kERROR, "%s: z and r must both be one of the spec's float types", spec::kPluginName);
         return -1;
     }
+    if (!typeAllowed(spec::kInputValid, inputTypes[spec::kInputValid]))
+    {
+        // TensorRT plugins take no kBOOL input: an ONNX file exported before version 2 has a BOOL mask.
+        logMessage(Severity::kERROR, "%s: valid must be int32 (nonzero = valid); re-export the ONNX model",
+            spec::kPluginName);
+        return -1;
+    }
     return toDataType(spec::kTypesScores[0], outputTypes[spec::kOutputScores]) ? 0 : -1;
 }
 
@@ -242,6 +249,11 @@ int32_t MatchingScorePlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc c
     {
         logMessage(Severity::kERROR, "%s: configurePlugin got %d inputs, %d outputs", spec::kPluginName, nbInputs,
             nbOutputs);
+        return -1;
+    }
+    if (!typeAllowed(spec::kInputValid, in[spec::kInputValid].desc.type))
+    {
+        logMessage(Severity::kERROR, "%s: valid must be int32 (nonzero = valid)", spec::kPluginName);
         return -1;
     }
     char why[160];
@@ -295,7 +307,12 @@ int32_t MatchingScorePlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc
     }
     MatchingScoreShape const shape{r.d[spec::kBatchDimInR], r.d[spec::kNumCandidatesDimInR],
         r.d[spec::kNumTasksDimInR], r.d[spec::kDModelDimInR]};
-    auto const* valid = static_cast<uint8_t const*>(inputs[spec::kInputValid]); // TensorRT bool: one byte
+    if (!typeAllowed(spec::kInputValid, inputDesc[spec::kInputValid].type))
+    {
+        reportError("valid must be int32 (nonzero = valid)"); // the kernel reads 4 bytes per candidate
+        return -1;
+    }
+    auto const* valid = static_cast<int32_t const*>(inputs[spec::kInputValid]);
     auto* scores = static_cast<float*>(outputs[spec::kOutputScores]);
     LaunchMessage message{};
     CUresult status = CUDA_ERROR_INVALID_VALUE;

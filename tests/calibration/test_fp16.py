@@ -33,7 +33,7 @@ def test_fp16_structure(fp16_run):
     assert io == [(v.name, v.type.tensor_type.elem_type) for v in (*fp32.graph.input, *fp32.graph.output)]
     assert dict(io)["cand_features"] == TensorProto.FLOAT and dict(io)["scores"] == TensorProto.FLOAT
     (scorer,) = [n for n in model.graph.node if n.domain == "onerank"]
-    assert [types[x] for x in scorer.input] == [TensorProto.FLOAT16, TensorProto.FLOAT16, TensorProto.BOOL]
+    assert [types[x] for x in scorer.input] == [TensorProto.FLOAT16, TensorProto.FLOAT16, TensorProto.INT32]
     assert [f.SerializeToString() for f in model.functions] == [f.SerializeToString() for f in fp32.functions]
     for node in model.graph.node:
         floats = {types[x] for x in (*node.input, *node.output) if x and types.get(x) in (1, 10)}

@@ -13,6 +13,7 @@ from onnx import TensorProto, numpy_helper
 
 from onerank_export.calibration.checks import check_int8
 from onerank_export.calibration.data import prepare_data
+from onerank_export.calibration.graph import tensor_types
 from onerank_export.calibration.histogram import entropy_threshold
 from onerank_export.calibration.int8 import quantize_int8
 from onerank_export.calibration.settings import CalibrationSettings
@@ -61,6 +62,8 @@ def test_int8_structure_is_what_tensorrt_explicit_quantization_takes(int8_run):
     scorer = [n for n in g.node if n.domain == "onerank"]
     assert len(scorer) == 1 and scorer[0].op_type == "MatchingScore"
     assert [f.SerializeToString() for f in model.functions] == [f.SerializeToString() for f in fp32.functions]
+    types = tensor_types(model)  # the mask stays int32: no BOOL/UINT8 plugin input, no Q/DQ on it
+    assert [types[x] for x in scorer[0].input] == [TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.INT32]
     for x in scorer[0].input[:2]:  # the scorer reads float, never a dequantized tensor
         node = made_by[x]
         while node.op_type in ("Reshape", "Slice", "Squeeze", "Unsqueeze", "Transpose"):

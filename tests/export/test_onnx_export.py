@@ -10,6 +10,7 @@ import torch
 from helpers import make_tiny_model, request
 
 from onerank_export import spec
+from onerank_export.calibration.graph import tensor_types
 from onerank_export.export.custom_op import MATCHING_SCORE
 from onerank_export.export.onnx_config import EXAMPLE_DIMS, OPSET
 from onerank_export.export.onnx_export import export_onnx
@@ -34,8 +35,13 @@ def test_model_has_exactly_one_matching_score_node_with_its_function(demo_fp32_o
     assert len(custom[0].input) == 3 and len(custom[0].output) == 1
     (fn,) = proto.functions
     assert (fn.domain, fn.name) == (MATCHING_SCORE.domain, MATCHING_SCORE.op_type)
-    assert set(fn.attribute) == {"scale", "plugin_namespace"}
-    assert {(o.domain, o.version) for o in proto.opset_import} == {("", OPSET), ("onerank", 1)}
+    assert set(fn.attribute) == {"scale", "plugin_namespace", "plugin_version"}
+    assert attrs["plugin_version"] == b"2"
+    assert {(o.domain, o.version) for o in proto.opset_import} == {("", OPSET), ("onerank", 2)}
+    # The mask is int32 (TensorRT plugins take no BOOL): the demo file, as the tiny one in test_matching_score_mask.
+    types = tensor_types(proto)
+    assert [types[x] for x in custom[0].input] == [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT,
+                                                   onnx.TensorProto.INT32]
     assert [(o.domain, o.version) for o in fn.opset_import] == [("", OPSET)]
 
 
@@ -111,17 +117,17 @@ def test_reference_function_alone_matches_the_eager_scorer(tmp_path):
         [node], "g",
         [helper.make_tensor_value_info("z", TensorProto.FLOAT16, ["B", 3, "D"]),
          helper.make_tensor_value_info("r", TensorProto.FLOAT16, ["B", "N", 3, "D"]),
-         helper.make_tensor_value_info("valid", TensorProto.BOOL, ["B", "N"])],
+         helper.make_tensor_value_info("valid", TensorProto.INT32, ["B", "N"])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", "N", 3])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("onerank", 1)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("onerank", 2)],
                               functions=[reference_function(OPSET)])
     onnx.checker.check_model(model, full_check=True)
     rng = np.random.default_rng(0)
     z = rng.normal(size=(2, 3, 24)).astype(np.float16)
     r = rng.normal(size=(2, 5, 3, 24)).astype(np.float16)
-    valid = rng.random((2, 5)) < 0.7
+    valid = (rng.random((2, 5)) < 0.7).astype(np.int32)
     (out,) = ort.InferenceSession(model.SerializeToString()).run(None, {"z": z, "r": r, "valid": valid})
-    ref = matching_score(torch.from_numpy(z), torch.from_numpy(r), torch.from_numpy(valid), 0.37).numpy()
+    ref = matching_score(torch.from_numpy(z), torch.from_numpy(r), torch.from_numpy(valid != 0), 0.37).numpy()
     assert out.dtype == np.float32
     assert np.abs(out - ref).max() <= 1e-6
-    assert not out[~valid].any()
+    assert not out[valid == 0].any()

@@ -15,9 +15,9 @@ from helpers import make_tiny_model, request
 
 from onerank_export import spec
 from onerank_export.export.custom_op import MATCHING_SCORE
-from onerank_export.export.metadata import read_metadata
+from onerank_export.export.metadata import GRAPH_KEY, read_metadata
 from onerank_export.export.onnx_config import CANDIDATE_SCORER_ONNX_CONFIG, USER_ENCODER_ONNX_CONFIG
-from onerank_export.export.onnx_export import GRAPH_KEY, export_onnx
+from onerank_export.export.onnx_export import export_onnx
 from onerank_export.export.ort_session import cpu_session
 from onerank_export.export.serving_graph import CandidateScorerGraph, ServingGraph, UserEncoderGraph
 from onerank_export.user_states import (

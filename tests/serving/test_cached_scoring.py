@@ -100,7 +100,8 @@ def test_batch_runs_the_encoder_once_per_distinct_missing_history(halves):
     scorer.score(seen)
     batch = request(model.cfg, 4, 10, 3, seed=6)
     for row in (0, 2):  # rows 0 and 2: a cached history; row 3: the same new history as row 1
-        batch["hist_item_ids"][row], batch["hist_action_ids"][row] = seen["hist_item_ids"][0], seen["hist_action_ids"][0]
+        for name in ("hist_item_ids", "hist_action_ids"):
+            batch[name][row] = seen[name][0]
     batch["hist_item_ids"][3], batch["hist_action_ids"][3] = batch["hist_item_ids"][1], batch["hist_action_ids"][1]
     result = scorer.score(batch)
     assert (result.hits, result.misses) == (2, 2)

@@ -38,6 +38,7 @@ def served(monkeypatch):
     spec_.loader.exec_module(module)
     model = module.TritonPythonModel()
     model.config, model.max_batch, model.session = TINY, TINY.serving.max_batch_size, RecordingSession()
+    model.cached = None  # initialize() sets it for a --user-cache model
     return model
 
 

@@ -11,12 +11,13 @@ namespace spec
 {
 
 constexpr char const* kOnnxDomain = "onerank";
-constexpr int32_t kOnnxDomainVersion = 1;
+constexpr int32_t kOnnxDomainVersion = 2;
 constexpr char const* kPluginName = "MatchingScore";
-constexpr char const* kPluginVersion = "1";
+constexpr char const* kPluginVersion = "2";
 constexpr char const* kPluginNamespace = "onerank";
 
-// Plugin fields = the ONNX node's attributes, with the PluginFieldType the ONNX parser passes.
+// Plugin fields = the ONNX node's attributes except plugin_version (read by the parser's creator
+// lookup), with the PluginFieldType the ONNX parser passes.
 constexpr char const* kFieldScale = "scale"; // float -> PluginFieldType::kFLOAT32
 constexpr char const* kFieldPluginNamespace = "plugin_namespace"; // string -> PluginFieldType::kCHAR
 constexpr int32_t kNbFields = 2;
@@ -25,7 +26,7 @@ enum class ElementType : int32_t
 {
     kFLOAT = 0,
     kFLOAT16 = 1,
-    kBOOL = 2,
+    kINT32 = 2,
 };
 
 constexpr int32_t kNbInputs = 3;
@@ -42,7 +43,7 @@ constexpr int32_t kNbTypesR = 2;
 constexpr ElementType kTypesR[kNbTypesR] = {ElementType::kFLOAT, ElementType::kFLOAT16};
 constexpr int32_t kRankValid = 2; // [batch, num_candidates]
 constexpr int32_t kNbTypesValid = 1;
-constexpr ElementType kTypesValid[kNbTypesValid] = {ElementType::kBOOL};
+constexpr ElementType kTypesValid[kNbTypesValid] = {ElementType::kINT32};
 constexpr int32_t kRankScores = 3; // [batch, num_candidates, num_tasks]
 constexpr int32_t kNbTypesScores = 1;
 constexpr ElementType kTypesScores[kNbTypesScores] = {ElementType::kFLOAT};

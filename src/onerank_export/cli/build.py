@@ -43,6 +43,13 @@ NONE = "none"
 @click.option("--instances", type=click.IntRange(1), help="Instances per model (overrides the profile).")
 @click.option("--threads", type=click.IntRange(1),
               help="ONNX Runtime intra-op threads per CPU instance (overrides the profile).")
+@click.option("--user-cache", is_flag=True,
+              help="Also export the user encoder and candidate scorer and serve `onerank` through the cross-request "
+                   "user-state cache (needs a cpu target; docs/user-cache.md).")
+@click.option("--user-cache-bytes", type=str, default="512MiB", show_default=True,
+              help="In-process cache budget per model instance: bytes, or with KiB/MiB/GiB.")
+@click.option("--user-cache-redis", metavar="URL",
+              help="redis:// URL of a shared cache tier across instances and hosts (default: none).")
 @click.option("--tolerances", type=existing_file,
               help='JSON {"fp16": {"atol": 0.005}, ...} overriding per-precision parity tolerances.')
 @click.option("--force", is_flag=True, help="Replace --out even if it is not an earlier build.")
@@ -50,11 +57,13 @@ NONE = "none"
 def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calibration_method: str,
           calibration_data: Path | None, engine: str,
           plugin_library: Path | None, triton: bool, target: str, serving_profile: str, instances: int | None,
-          threads: int | None, tolerances: Path | None, force: bool, seed: int) -> int:
+          threads: int | None, user_cache: bool, user_cache_bytes: str, user_cache_redis: str | None,
+          tolerances: Path | None, force: bool, seed: int) -> int:
     """Checkpoint -> ONNX (fp32, fp16, int8) -> parity -> TensorRT engines -> Triton repository + manifest."""
     from onerank_export.parity.verify import load_tolerances
     from onerank_export.pipeline.options import BuildOptions
     from onerank_export.pipeline.runner import build as run_build
+    from onerank_export.serving.user_cache import CacheSettings
 
     started = time.perf_counter()
     if NONE in precisions and len(set(precisions)) > 1:
@@ -64,7 +73,9 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
                            plugin_library=plugin_library, triton=triton, calibration_method=calibration_method,
                            calibration_data=calibration_data, tolerances=load_tolerances(tolerances), force=force,
                            seed=seed, target=target, serving_profile=serving_profile, instances=instances,
-                           threads=threads)
+                           threads=threads, user_cache=user_cache, user_cache_redis=user_cache_redis,
+                           user_cache_bytes=CacheSettings.from_parameters(
+                               {"user_cache_bytes": user_cache_bytes}).max_bytes)
     outcome = run_build(options, ConsoleUI())
     verdict = "[green]passed[/]" if outcome.passed else "[bold red]FAILED[/]"
     console.print(f"build {verdict} in {time.perf_counter() - started:.0f} s: {outcome.out}/manifest.json")

@@ -29,6 +29,9 @@ def parse_shape(text: str) -> tuple[int, int, int]:
               help="libonerank_plugins.so for --engine.")
 @click.option("--triton", "triton_url", help="URL of a running Triton server to check, e.g. 127.0.0.1:8000.")
 @click.option("--triton-model", default=None, help="Model name on the Triton server. Default: the CPU model.")
+@click.option("--triton-metrics", "metrics_url",
+              help="The server's metrics URL (e.g. http://127.0.0.1:8002/metrics): print the user-state cache's "
+                   "hits, misses, bytes, evictions and encoder time after the check.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
 @click.option("--shape", "shapes", multiple=True, help="Extra case BxLxN (repeatable), e.g. 3x100x300.")
 @click.option("--tolerances", type=existing_file,
@@ -37,13 +40,13 @@ def parse_shape(text: str) -> tuple[int, int, int]:
               show_default=True, help="Directory for parity.json and junit.xml.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def verify(checkpoint: Path | None, onnx_files: tuple[Path, ...], engines: tuple[Path, ...], plugin: Path | None,
-           triton_url: str | None, triton_model: str | None, protocol: str, shapes: tuple[str, ...],
-           tolerances: Path | None, reports: Path, seed: int) -> int:
+           triton_url: str | None, triton_model: str | None, metrics_url: str | None, protocol: str,
+           shapes: tuple[str, ...], tolerances: Path | None, reports: Path, seed: int) -> int:
     """Compare backends with the eager PyTorch model on seeded requests; exit 1 on any mismatch."""
     from onerank_export.parity.cases import shape_case
     from onerank_export.parity.report import parity_table
     from onerank_export.parity.targets import ParityTargets
-    from onerank_export.parity.verify import run_verify
+    from onerank_export.parity.verify import cache_metrics_line, run_verify, split_user_cache_halves
     from onerank_export.pipeline.runner import checkpoint_config
 
     extra_shapes = [parse_shape(s) for s in shapes]
@@ -52,8 +55,9 @@ def verify(checkpoint: Path | None, onnx_files: tuple[Path, ...], engines: tuple
     for shape in extra_shapes:
         shape_case(cfg, *shape)
     ckpt = resolve_checkpoint(checkpoint)
-    targets = ParityTargets(onnx=list(onnx_files), plans=list(engines), plugin=plugin, triton_url=triton_url,
-                            triton_model=triton_model, protocol=protocol)
+    singles, halves = split_user_cache_halves(onnx_files)
+    targets = ParityTargets(onnx=singles, plans=list(engines), plugin=plugin, triton_url=triton_url,
+                            triton_model=triton_model, protocol=protocol, user_cache=halves)
     report = run_verify(ckpt, targets, extra_shapes, tolerances, reports, seed,
                         progress=lambda msg: console.print(f"  {msg}", style="dim"))
 
@@ -61,6 +65,8 @@ def verify(checkpoint: Path | None, onnx_files: tuple[Path, ...], engines: tuple
     counts = report.counts()
     console.print(f"parity: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped; "
                   f"wrote {reports / 'parity.json'} and {reports / 'junit.xml'}")
+    if metrics_url:
+        console.print(cache_metrics_line(metrics_url, triton_model or "onerank"), markup=False)
     if not report.passed:
         raise CheckFailed(f"parity failed: {len(report.failures)} check(s) out of tolerance; "
                           f"see {reports / 'parity.json'}")

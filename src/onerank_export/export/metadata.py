@@ -23,6 +23,7 @@ CONFIG_KEY = "onerank.config"
 CHECKPOINT_KEY = "onerank.checkpoint_sha256"
 PRECISION_KEY = "onerank.precision"
 CALIBRATION_PREFIX = "onerank.calibration."
+GRAPH_KEY = "onerank.graph"  # which half of the serving graph a model is (absent: the single graph)
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,13 @@ from onerank_export import __version__
 from onerank_export.errors import StageError
 from onerank_export.export.custom_op import MATCHING_SCORE, reference_function
 from onerank_export.export.graph_cleanup import clean_graph
-from onerank_export.export.metadata import OnnxMetadata
+from onerank_export.export.metadata import GRAPH_KEY, OnnxMetadata
 from onerank_export.export.onnx_config import ONERANK_ONNX_CONFIG, OneRankOnnxConfig
 from onerank_export.export.serving_graph import ServingGraph
 from onerank_export.io import atomic_path
 from onerank_export.model.onerank import OneRankModel
 from onerank_export.precision import Precision
 
-GRAPH_KEY = "onerank.graph"  # metadata key naming which half of the serving graph a model is
 DOC_STRINGS = {
     "serving": "OneRank serving graph (request-structured) with onerank::MatchingScore",
     "user_encoder": "OneRank user encoder: history -> each layer's user keys and values (user-state cache)",

@@ -105,9 +105,10 @@ class ServingGraph(nn.Module):
         scale = self.model.cfg.scale
         if torch.onnx.is_in_onnx_export():
             b, n, k, _ = r.shape
+            # The op's mask is int32 (TensorRT plugins take no BOOL input: export/custom_op.py).
             return torch.onnx.ops.symbolic(
                 f"{MATCHING_SCORE.domain}::{MATCHING_SCORE.op_type}",
-                (z, r, valid),
+                (z, r, valid.to(torch.int32)),
                 node_attributes(scale),
                 dtype=torch.float32,
                 shape=(b, n, k),

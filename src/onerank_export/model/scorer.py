@@ -1,7 +1,7 @@
 """The dynamic matching scorer: the function that becomes the `onerank::MatchingScore` op.
 
     logit[b, n, k]  = scale * sum_d z[b, k, d] * r[b, n, k, d]      (accumulated in fp32)
-    scores[b, n, k] = sigmoid(logit) if valid[b, n] else 0
+    scores[b, n, k] = sigmoid(logit) if valid[b, n] != 0 else 0
 
 The sigmoid and the padding mask are inside the op: a served model returns probabilities
 with padded candidates exactly 0, and the CUDA kernel fuses the whole thing into one pass.
@@ -19,6 +19,9 @@ def matching_logits(z: torch.Tensor, r: torch.Tensor, scale: float) -> torch.Ten
 
 
 def matching_score(z: torch.Tensor, r: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
-    """Eager reference of onerank::MatchingScore; valid [B, N] bool -> scores [B, N, K] fp32."""
+    """Eager reference of onerank::MatchingScore -> scores [B, N, K] fp32.
+
+    valid [B, N] is bool or integer; nonzero = valid (the op takes int32: export/custom_op.py).
+    """
     probs = torch.sigmoid(matching_logits(z, r, scale))
-    return torch.where(valid.unsqueeze(-1), probs, torch.zeros_like(probs))
+    return torch.where(valid.unsqueeze(-1) != 0, probs, torch.zeros_like(probs))

@@ -48,6 +48,7 @@ class ParityTargets:
     triton_model: str | None = None  # None: the server's default CPU model
     protocol: str = "http"
     repository: Path | None = None  # a Triton model repository: its ONNX Runtime backend models, loaded as it would
+    user_cache: tuple[Path, Path] | None = None  # (user encoder, candidate scorer): the cached path, miss then hit
 
     @property
     def onnx_paths(self) -> list[Path]:
@@ -60,7 +61,8 @@ class ParityTargets:
 
     @property
     def empty(self) -> bool:
-        return not self.onnx and not self.plans and not self.triton_url and self.repository is None
+        return (not self.onnx and not self.plans and not self.triton_url and self.repository is None
+                and self.user_cache is None)
 
 
 def plan_precision(plan: Path) -> Precision:
@@ -102,6 +104,12 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
 
         runners += [(TensorRTRunner(plan, plugin_library=targets.plugin, name=_named(n, "")), p)
                     for (plan, p), n in zip(plans, _names("tensorrt", plans), strict=True)]
+    if targets.user_cache is not None:
+        from onerank_export.parity.user_cache_runner import UserCacheRunner
+
+        encoder, scorer = targets.user_cache
+        precision = detect_precision(encoder)
+        runners.append((UserCacheRunner(encoder, scorer, name=f"user-cache-{precision}"), precision))
     if targets.repository is not None:
         runners += repository_runners(Path(targets.repository))
     if targets.triton_url:

@@ -48,6 +48,11 @@ class BuildOptions:
     serving_profile: str = "latency"  # latency | throughput: instances, threads and batching delay
     instances: int | None = None  # override the profile's instance count per model
     threads: int | None = None  # override the profile's ONNX Runtime threads per CPU instance
+    # The cross-request user-state cache (docs/user-cache.md): export the user encoder and the candidate
+    # scorer, check them, and serve the `onerank` model through the cache.
+    user_cache: bool = False
+    user_cache_bytes: int = 512 << 20  # the in-process tier's budget per model instance
+    user_cache_redis: str | None = None  # redis:// URL of the shared tier, written into the model config
 
     def __post_init__(self) -> None:
         # Accept the option strings too ("fp16", "auto"): Python callers need not import the enums.
@@ -69,4 +74,14 @@ class BuildOptions:
                 "plugin_library": str(self.plugin_library) if self.plugin_library else None,
                 "tolerances": {p.value: t.to_dict() for p, t in self.tolerances.items()},
                 "target": self.target, "serving_profile": self.serving_profile, "instances": self.instances,
-                "threads": self.threads}
+                "threads": self.threads, "user_cache": self.user_cache,
+                "user_cache_bytes": self.user_cache_bytes if self.user_cache else None,
+                "user_cache_redis": _without_password(self.user_cache_redis) if self.user_cache else None}
+
+
+def _without_password(url: str | None) -> str | None:
+    """The manifest is shared with people who must not read the Redis password."""
+    if not url or "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

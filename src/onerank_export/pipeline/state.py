@@ -15,11 +15,11 @@ from onerank_export.precision import Precision
 
 if TYPE_CHECKING:
     from onerank_export.model.onerank import OneRankModel
-    from onerank_export.serving.repository import ModelRepository
+    from onerank_export.serving.repository import ModelRepository, UserCacheModels
 
 # The fields of BuildState a stage may name in `requires` / `provides`.
 MODEL, ONNX, ENGINES, PLUGIN_LIBRARY = "model", "onnx", "engines", "plugin_library"
-ONNX_CPU, REPOSITORY = "onnx_cpu", "repository"
+ONNX_CPU, REPOSITORY, USER_CACHE = "onnx_cpu", "repository", "user_cache"
 
 
 @dataclass
@@ -34,6 +34,7 @@ class BuildState:
     plugin_library: Path | None = None
     onnx_cpu: dict[Precision, Path] = field(default_factory=dict)  # after the exact CPU rewrite (cpu target)
     repository: ModelRepository | None = None  # the Triton model repository, once written
+    user_cache: UserCacheModels | None = None  # the user encoder and candidate scorer (build --user-cache)
 
     @property
     def config(self) -> OneRankConfig:

@@ -24,7 +24,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 from onerank_export.errors import ConfigError
 from onerank_export.serving import ort_backend as ortb
 from onerank_export.serving.model_config import read_config, warmup_nbytes
-from onerank_export.serving.parameters import CONFIG_PARAMETER, THREADS_PARAMETER
+from onerank_export.serving.parameters import (
+    CANDIDATE_SCORER_FILE,
+    CONFIG_PARAMETER,
+    THREADS_PARAMETER,
+    USER_ENCODER_FILE,
+)
+from onerank_export.serving.user_cache import PARAMETERS as CACHE_PARAMETERS
+from onerank_export.serving.user_cache import CacheSettings
 
 TARGETS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 OWN_PREFIX = "onerank."  # the project's own parameters; no backend reads this namespace
@@ -32,7 +39,8 @@ OWN_PREFIX = "onerank."  # the project's own parameters; no backend reads this n
 TENSORRT_PARAMETERS = frozenset({"execution_context_allocation_strategy", "enable_multi_device", "multi_device_gpus",
                                  "multi_device_per_rank_engines"})
 # python_backend src/python_be.cc ModelState::ModelState, plus what our model.py reads (python_model.py).
-PYTHON_PARAMETERS = frozenset({"EXECUTION_ENV_PATH", "FORCE_CPU_ONLY_INPUT_TENSORS", THREADS_PARAMETER})
+PYTHON_PARAMETERS = frozenset({"EXECUTION_ENV_PATH", "FORCE_CPU_ONLY_INPUT_TENSORS", THREADS_PARAMETER,
+                               *CACHE_PARAMETERS})
 _COUNT = re.compile(r"\d+")  # the one spelling std::stoi and int() read the same way
 
 
@@ -203,13 +211,16 @@ def _file_rules(model_dir: Path, cfg: mc.ModelConfig, backend: str | None, bad) 
         elif backend == "onnxruntime":
             _external_data_rules(path, bad)
         if backend == "python" and CONFIG_PARAMETER in cfg.parameters:
-            # python_model.py initialize() opens <version>/model.onnx next to model.py.
-            onnx_path = model_dir / version / "model.onnx"
-            if onnx_path.is_file():
-                _external_data_rules(onnx_path, bad)
-            else:
-                bad("model-file", f"{onnx_path.relative_to(model_dir.parent)} does not exist (model.py runs it)",
-                    "copy the ONNX model there")
+            # python_model.py initialize() opens <version>/model.onnx next to model.py, or the user
+            # encoder and candidate scorer when the encoder is there (build --user-cache).
+            cached = (model_dir / version / USER_ENCODER_FILE).is_file()
+            for file in (USER_ENCODER_FILE, CANDIDATE_SCORER_FILE) if cached else ("model.onnx",):
+                onnx_path = model_dir / version / file
+                if onnx_path.is_file():
+                    _external_data_rules(onnx_path, bad)
+                else:
+                    bad("model-file", f"{onnx_path.relative_to(model_dir.parent)} does not exist (model.py runs it)",
+                        "copy the ONNX model there")
 
 
 def _external_data_rules(path: Path, bad) -> None:
@@ -350,6 +361,10 @@ def _python_rules(cfg: mc.ModelConfig, bad) -> None:
         # python_model.py passes int(value) to ONNX Runtime; anything else fails initialize().
         bad("thread-count", f"{THREADS_PARAMETER} '{params[THREADS_PARAMETER]}' is not a non-negative integer",
             "write the count as digits")
+    try:
+        CacheSettings.from_parameters(params)  # what model.py reads at load: a bad value fails initialize()
+    except ConfigError as exc:
+        bad("parameter-value", str(exc), "write the value as the message says (docs/user-cache.md)")
     force = params.get("FORCE_CPU_ONLY_INPUT_TENSORS")
     if force is not None and force not in ("yes", "no"):
         bad("parameter-value", f"FORCE_CPU_ONLY_INPUT_TENSORS '{force}' is not 'yes' or 'no' (load fails)",

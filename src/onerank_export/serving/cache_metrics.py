@@ -40,22 +40,39 @@ class CacheMetrics:
     def __init__(self, pb_utils, model: str, version: str) -> None:
         self._last: dict[str, float] = {}
         self._metrics: dict[str, object] = {}
+        # The families must outlive their metrics: the backend refuses a metric whose family is gone.
+        self._families: list[object] = []
         labels = {"model": model, "version": str(version)}
         try:
             family = pb_utils.MetricFamily
-            hits = family(name=PREFIX + HITS, description="user-state cache hits by tier", kind=family.COUNTER)
+
+            def new(name: str, text: str, kind):
+                self._families.append(family(name=PREFIX + name, description=text, kind=kind))
+                return self._families[-1]
+
+            hits = new(HITS, "user-state cache hits by tier", family.COUNTER)
             self._metrics["hits.local"] = hits.Metric(labels={**labels, "tier": "local"})
             self._metrics["hits.shared"] = hits.Metric(labels={**labels, "tier": "shared"})
             for kind, table in ((family.COUNTER, COUNTERS), (family.GAUGE, GAUGES)):
                 for name, (_, text) in table.items():
-                    self._metrics[name] = family(name=PREFIX + name, description=text, kind=kind).Metric(labels=labels)
+                    self._metrics[name] = new(name, text, kind).Metric(labels=labels)
         except Exception as exc:  # metrics disabled on the server, or no metrics API in this backend
-            logging.getLogger(__name__).warning("user-state cache metrics off: %s", exc)
-            self._metrics = {}
+            self._off(exc)
+
+    def _off(self, why: Exception) -> None:
+        logging.getLogger(__name__).warning("user-state cache metrics off: %s", why)
+        self._metrics, self._families = {}, []
 
     def update(self, stats, encoder_seconds: float) -> None:
+        """Never fails a request: a metrics error turns the metrics off, with one log line."""
         if not self._metrics:
             return
+        try:
+            self._update(stats, encoder_seconds)
+        except Exception as exc:
+            self._off(exc)
+
+    def _update(self, stats, encoder_seconds: float) -> None:
         totals = {"hits.local": stats.local_hits, "hits.shared": stats.shared_hits,
                   "encoder_seconds_total": self._last.get("encoder_seconds_total", 0.0) + encoder_seconds}
         totals |= {name: getattr(stats, field) for name, (field, _) in COUNTERS.items() if field}

@@ -4,7 +4,9 @@
         onerank_trt_<precision>/         platform tensorrt_plan, 1/model.plan (where engines were built)
         onerank_onnx_<precision>/        platform onnxruntime_onnx, 1/model.onnx (as exported)
     DIR/model_repository/            target cpu: every instance group KIND_CPU
-        onerank/                         python backend running the CPU-rewritten fp32 ONNX (serves here)
+        onerank/                         python backend running the CPU-rewritten fp32 ONNX (serves here);
+                                         with --user-cache: the user encoder + candidate scorer behind the
+                                         cross-request user-state cache (same name, same contract)
         onerank_onnx_<precision>/        platform onnxruntime_onnx, 1/model.onnx (CPU-rewritten), for
                                          Triton's own ONNX Runtime backend with the plan's thread counts
 
@@ -25,13 +27,23 @@ from onerank_export.config import OneRankConfig
 from onerank_export.errors import StageError
 from onerank_export.io import sha256_file, write_text
 from onerank_export.serving import model_config as mcfg
-from onerank_export.serving.parameters import PLUGIN_PARAMETER
+from onerank_export.serving.parameters import CANDIDATE_SCORER_FILE, PLUGIN_PARAMETER, USER_ENCODER_FILE
 from onerank_export.serving.profiles import ServingPlan, Target
+from onerank_export.serving.user_cache import CacheSettings
 from onerank_export.spec import random_request
 
 REPOSITORY_DIR = "model_repository"
 CPU_MODEL = "onerank"
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("python_model.py")
+
+
+@dataclass(frozen=True)
+class UserCacheModels:
+    """The two halves of the fp32 serving graph and the cache the `onerank` model serves them with."""
+
+    encoder: Path
+    scorer: Path
+    settings: CacheSettings
 
 
 @dataclass(frozen=True)
@@ -49,12 +61,17 @@ class ModelRepository:
 
 def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPlan, onnx: Mapping[str, Path],
                            engines: Mapping[str, Path], plugin_library: Path | None, *,
-                           cpu_onnx: Mapping[str, Path] | None = None) -> ModelRepository:
+                           cpu_onnx: Mapping[str, Path] | None = None,
+                           user_cache: UserCacheModels | None = None) -> ModelRepository:
     """`out_dir`/model_repository for `plan.target`, every config validated.
 
     `onnx`: the models as exported (gpu target); `cpu_onnx`: the same models after the exact CPU
-    rewrite (export/ort_cpu_graph.py), which a cpu-target repository serves."""
+    rewrite (export/ort_cpu_graph.py), which a cpu-target repository serves; `user_cache`: serve the
+    `onerank` model through the user-state cache (cpu target)."""
     repo = out_dir / REPOSITORY_DIR
+    if user_cache is not None and plan.target is not Target.CPU:
+        raise StageError(f"the user-state cache is served by the python-backend model on the CPU, not in a "
+                         f"{plan.target}-target repository; build with --target cpu")
     # Everything that can be refused is refused before the first file is written.
     if plan.target is Target.GPU:
         served = dict(onnx)
@@ -90,6 +107,11 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
     if plan.target is Target.CPU:
         cfg = mcfg.python_onnx_config(CPU_MODEL, config, plan, write_warmup(repo / CPU_MODEL, warm))
         files = {"model.onnx": served["fp32"], "model.py": PYTHON_MODEL_SOURCE}
+        if user_cache is not None:
+            files = {USER_ENCODER_FILE: user_cache.encoder, CANDIDATE_SCORER_FILE: user_cache.scorer,
+                     "model.py": PYTHON_MODEL_SOURCE}
+            for name, value in user_cache.settings.parameters().items():
+                cfg.parameters[name].string_value = value
         artifacts |= _write_model(repo / CPU_MODEL, cfg, files)
         models.append(CPU_MODEL)
         python_model = CPU_MODEL

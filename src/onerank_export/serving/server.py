@@ -72,6 +72,19 @@ def backend_directory(cache: Path | None = None) -> Path:
     return target.parent
 
 
+def _libpython_dir() -> str | None:
+    """The directory of this interpreter's libpython, so the stub (linked against `libpython3.X.so`) loads
+    the very Python that launched it. Otherwise the loader finds the system's (Debian 12: 3.11.2) while
+    the stub's stdlib is this interpreter's (3.11.7), and C modules built for the newer patch release
+    fail to import (_ssl: undefined symbol _PyModule_Add), which takes redis-py down with them."""
+    import sysconfig
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not libdir:
+        return None
+    return libdir if Path(libdir, sysconfig.get_config_var("LDLIBRARY") or "").exists() else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
@@ -83,9 +96,12 @@ class TritonServer:
 
     def __init__(self, repository: Path, http_port: int | None = None, grpc_port: int | None = None,
                  log_file: Path | None = None, startup_timeout: float = 120.0,
-                 models: Sequence[str] | None = None, exit_timeout: int = EXIT_TIMEOUT_S) -> None:
+                 models: Sequence[str] | None = None, exit_timeout: int = EXIT_TIMEOUT_S,
+                 metrics_port: int | None = None) -> None:
         """`models`: load exactly these (explicit model control); None loads every model in the repository,
-        which then must all have a backend this server has (`servable_models` says which do)."""
+        which then must all have a backend this server has (`servable_models` says which do).
+        `metrics_port`: serve Prometheus metrics (incl. the user-state cache's) there, on loopback; 0 picks
+        a free port; None: no metrics endpoint."""
         if models is not None and not models:
             raise StageError(f"{repository}: no model to load")
         if exit_timeout < 0:
@@ -93,6 +109,7 @@ class TritonServer:
         self.repository = Path(repository).resolve()
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
+        self.metrics_port = None if metrics_port is None else (metrics_port or free_port())
         self.startup_timeout = startup_timeout
         self.models = None if models is None else list(models)
         self.exit_timeout = exit_timeout
@@ -109,15 +126,25 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"{LOOPBACK}:{self.grpc_port}"
 
+    @property
+    def metrics_url(self) -> str | None:
+        return None if self.metrics_port is None else f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+
     def command(self) -> list[str]:
         binary = pytriton_root() / "bin" / "tritonserver"
         return [str(binary), "--model-repository", str(self.repository),
                 "--backend-directory", str(backend_directory()),
                 "--http-address", LOOPBACK, "--http-port", str(self.http_port),
                 "--grpc-address", LOOPBACK, "--grpc-port", str(self.grpc_port),
-                "--allow-metrics", "false", "--strict-readiness", "true", "--exit-on-error", "true",
+                *self._metrics(), "--strict-readiness", "true", "--exit-on-error", "true",
                 "--exit-timeout-secs", str(self.exit_timeout),
                 *self._model_control()]
+
+    def _metrics(self) -> list[str]:
+        if self.metrics_port is None:
+            return ["--allow-metrics", "false"]
+        return ["--allow-metrics", "true", "--allow-gpu-metrics", "false", "--metrics-address", LOOPBACK,
+                "--metrics-port", str(self.metrics_port)]
 
     def _model_control(self) -> list[str]:
         # Explicit mode loads only the --load-model names, so models of backends this server lacks are never
@@ -129,7 +156,8 @@ class TritonServer:
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         libs = pytriton_root().parent.parent / "nvidia_pytriton.libs"
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH")) if p)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), _libpython_dir(), env.get("LD_LIBRARY_PATH"))
+                                                 if p)
         # The stub's interpreter ignores PYTHONPATH and site-packages; model.py adds these paths
         # so it imports numpy, onnxruntime and onerank_export from this environment.
         env["ONERANK_PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())

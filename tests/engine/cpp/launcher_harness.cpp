@@ -38,13 +38,15 @@ int main(int argc, char** argv)
             {
                 auto const* z = reinterpret_cast<__half const*>(memory);
                 status = onerank::plugin::launchMatchingScore(z, reinterpret_cast<__half const*>(memory + 1024 + misalign),
-                    memory + 2048, reinterpret_cast<float*>(memory + 3072), shape, 0.125F, nullptr, message);
+                    reinterpret_cast<int32_t const*>(memory + 2048), reinterpret_cast<float*>(memory + 3072), shape,
+                    0.125F, nullptr, message);
             }
             else
             {
                 auto const* z = reinterpret_cast<float const*>(memory);
                 status = onerank::plugin::launchMatchingScore(z, reinterpret_cast<float const*>(memory + 1024 + misalign),
-                    memory + 2048, reinterpret_cast<float*>(memory + 3072), shape, 0.125F, nullptr, message);
+                    reinterpret_cast<int32_t const*>(memory + 2048), reinterpret_cast<float*>(memory + 3072), shape,
+                    0.125F, nullptr, message);
             }
             messages += std::string(r ? "|" : "") + message.text;
         }

@@ -192,16 +192,23 @@ int main(int argc, char** argv)
 
     // Output type: fp32 for fp32 or fp16 inputs of one type; anything else refused.
     DataType out{};
-    DataType const f32[3] = {DataType::kFLOAT, DataType::kFLOAT, DataType::kBOOL};
-    DataType const f16[3] = {DataType::kHALF, DataType::kHALF, DataType::kBOOL};
-    DataType const mixed[3] = {DataType::kFLOAT, DataType::kHALF, DataType::kBOOL};
-    DataType const ints[3] = {DataType::kINT8, DataType::kINT8, DataType::kBOOL};
+    DataType const f32[3] = {DataType::kFLOAT, DataType::kFLOAT, DataType::kINT32};
+    DataType const f16[3] = {DataType::kHALF, DataType::kHALF, DataType::kINT32};
+    DataType const mixed[3] = {DataType::kFLOAT, DataType::kHALF, DataType::kINT32};
+    DataType const ints[3] = {DataType::kINT8, DataType::kINT8, DataType::kINT32};
     CHECK(build->getOutputDataTypes(&out, 1, f32, 3) == 0 && out == DataType::kFLOAT);
     CHECK(build->getOutputDataTypes(&out, 1, f16, 3) == 0 && out == DataType::kFLOAT);
     CHECK(build->getOutputDataTypes(&out, 1, mixed, 3) != 0 && build->getOutputDataTypes(&out, 1, ints, 3) != 0);
+    // A BOOL or UINT8 mask (what a version-1 export had; plugins cannot take either) is refused, saying why.
+    DataType const boolMask[3] = {DataType::kFLOAT, DataType::kFLOAT, DataType::kBOOL};
+    DataType const byteMask[3] = {DataType::kHALF, DataType::kHALF, DataType::kUINT8};
+    errorsBefore = gLogger.errors.size();
+    CHECK(build->getOutputDataTypes(&out, 1, boolMask, 3) != 0 && build->getOutputDataTypes(&out, 1, byteMask, 3) != 0);
+    CHECK(gLogger.errors.size() == errorsBefore + 2 && gLogger.errors.back().find("int32") != std::string::npos);
 
     // Format negotiation, asked position by position as TensorRT does: exactly two combinations survive.
-    DataType const types[] = {DataType::kFLOAT, DataType::kHALF, DataType::kBOOL, DataType::kINT32, DataType::kINT8};
+    DataType const types[]
+        = {DataType::kFLOAT, DataType::kHALF, DataType::kBOOL, DataType::kUINT8, DataType::kINT32, DataType::kINT8};
     TensorFormat const formats[] = {TensorFormat::kLINEAR, TensorFormat::kCHW32};
     Dims const zDims = dims({2, 3, 64}), rDims = dims({2, 7, 3, 64}), vDims = dims({2, 7}), sDims = dims({2, 7, 3});
     Dims const shapes[4] = {zDims, rDims, vDims, sDims};
@@ -227,7 +234,16 @@ int main(int argc, char** argv)
     };
     search(search, 0, "");
     CHECK(accepted.size() == 2);
-    CHECK(accepted.size() == 2 && accepted[0] == "0L0L4L0L" && accepted[1] == "1L1L4L0L"); // f32 | f16, bool, f32
+    CHECK(accepted.size() == 2 && accepted[0] == "0L0L3L0L" && accepted[1] == "1L1L3L0L"); // f32 | f16, int32, f32
+    // The mask position on its own: kINT32 linear only (kBOOL and kUINT8 are no plugin types).
+    io[0] = dynamicDesc(DataType::kFLOAT, zDims);
+    io[1] = dynamicDesc(DataType::kFLOAT, rDims);
+    io[2] = dynamicDesc(DataType::kBOOL, vDims);
+    CHECK(!build->supportsFormatCombination(2, io, 3, 1));
+    io[2] = dynamicDesc(DataType::kUINT8, vDims);
+    CHECK(!build->supportsFormatCombination(2, io, 3, 1));
+    io[2] = dynamicDesc(DataType::kINT32, vDims);
+    CHECK(build->supportsFormatCombination(2, io, 3, 1));
 
     // Output shape = r's first three dimension expressions.
     DimsExprs in[3]{};
@@ -245,11 +261,13 @@ int main(int argc, char** argv)
 
     // Shape agreement between z, r, valid (unknown build-time dims pass; a mismatch does not).
     DynamicPluginTensorDesc good[3] = {dynamicDesc(DataType::kFLOAT, dims({-1, 3, 64})),
-        dynamicDesc(DataType::kFLOAT, dims({-1, -1, 3, 64})), dynamicDesc(DataType::kBOOL, dims({-1, -1}))};
+        dynamicDesc(DataType::kFLOAT, dims({-1, -1, 3, 64})), dynamicDesc(DataType::kINT32, dims({-1, -1}))};
     DynamicPluginTensorDesc bad[3] = {dynamicDesc(DataType::kFLOAT, dims({-1, 3, 32})), good[1], good[2]};
+    DynamicPluginTensorDesc boolValid[3] = {good[0], good[1], dynamicDesc(DataType::kBOOL, dims({-1, -1}))};
     DynamicPluginTensorDesc outDesc = dynamicDesc(DataType::kFLOAT, dims({-1, -1, 3}));
     CHECK(build->configurePlugin(good, 3, &outDesc, 1) == 0);
     CHECK(build->configurePlugin(bad, 3, &outDesc, 1) != 0);
+    CHECK(build->configurePlugin(boolValid, 3, &outDesc, 1) != 0);
 
     // Serialization round trip: the runtime phase rebuilds the plugin from getFieldsToSerialize().
     IPluginV3* copy = plugin->clone();
@@ -269,7 +287,7 @@ int main(int argc, char** argv)
     CHECK(attached != nullptr && recorder.refs == 1);
     auto* run = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
     PluginTensorDesc inDesc[3] = {{zDims, DataType::kHALF, TensorFormat::kLINEAR, 1.0F},
-        {rDims, DataType::kHALF, TensorFormat::kLINEAR, 1.0F}, {vDims, DataType::kBOOL, TensorFormat::kLINEAR, 1.0F}};
+        {rDims, DataType::kHALF, TensorFormat::kLINEAR, 1.0F}, {vDims, DataType::kINT32, TensorFormat::kLINEAR, 1.0F}};
     PluginTensorDesc scoresDesc{sDims, DataType::kFLOAT, TensorFormat::kLINEAR, 1.0F};
     CHECK(run->onShapeChange(inDesc, 3, &scoresDesc, 1) == 0);
     alignas(256) static unsigned char memory[4096];
@@ -293,8 +311,17 @@ int main(int argc, char** argv)
     CHECK(!recorder.errors.empty() && recorder.errors[0].find("sm_75") != std::string::npos);
     CHECK(!gLogger.errors.empty() && gLogger.errors.back().find("sm_75") != std::string::npos);
 
-    PluginTensorDesc wrong[3] = {inDesc[0], inDesc[1], {dims({2, 8}), DataType::kBOOL, TensorFormat::kLINEAR, 1.0F}};
+    PluginTensorDesc wrong[3] = {inDesc[0], inDesc[1], {dims({2, 8}), DataType::kINT32, TensorFormat::kLINEAR, 1.0F}};
     CHECK(run->onShapeChange(wrong, 3, &scoresDesc, 1) != 0 && recorder.errors.size() == 2);
+
+    // A one-byte mask never reaches the kernel, which reads four bytes per candidate.
+    PluginTensorDesc boolDesc[3] = {inDesc[0], inDesc[1], {vDims, DataType::kBOOL, TensorFormat::kLINEAR, 1.0F}};
+    gDevice = FakeDevice{};
+    gDevice.major = 8;
+    gDevice.minor = 6;
+    CHECK(run->enqueue(boolDesc, &scoresDesc, inputs, outputs, nullptr, nullptr) != 0);
+    CHECK(gDevice.launches == 0 && recorder.errors.size() == 3);
+    CHECK(recorder.errors.size() == 3 && recorder.errors[2].find("int32") != std::string::npos);
 
     delete attached;
     CHECK(recorder.refs == 0); // the reference taken in attachToContext is released

@@ -16,6 +16,8 @@ from onnx import TensorProto, helper
 
 from onerank_export.engine.kernel.interpreter import KernelCase, run_interpreted
 from onerank_export.engine.kernel.matching_score import LAUNCH_CONFIGS, select_config
+from onerank_export.engine.kernel.matching_score import matching_score as kernel_matching_score
+from onerank_export.errors import RequestError
 from onerank_export.export.custom_op import MATCHING_SCORE, node_attributes, reference_function
 from onerank_export.export.onnx_config import OPSET
 from onerank_export.model.scorer import matching_score as eager_matching_score
@@ -34,7 +36,11 @@ SHAPES = [
     ("k1_tail", 2, 33, 1, 16),
     ("large_n", 1, 2048, 3, 64),
     ("masked_rows", 4, 6, 3, 64),
+    ("mask_codes", 3, 12, 3, 64),
 ]
+# The mask is int32 and any nonzero value is a real candidate (export/custom_op.py). Codes whose low byte is 0
+# (256, 65536, INT32_MIN) catch a kernel that reads the mask as bytes; 2, -1, 7 one that tests == 1.
+MASK_CODES = np.array([0, 1, 2, -1, 7, 256, 65536, np.iinfo(np.int32).min, np.iinfo(np.int32).max], dtype=np.int32)
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
 
@@ -42,7 +48,10 @@ def make_inputs(name: str, b: int, n: int, k: int, d: int, seed: int) -> tuple[n
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((b, k, d)).astype(np.float32)
     r = rng.standard_normal((b, n, k, d)).astype(np.float32)
-    valid = rng.random((b, n)) > 0.3
+    valid = (rng.random((b, n)) > 0.3).astype(np.int32)
+    if name == "mask_codes":
+        valid = rng.choice(MASK_CODES, size=(b, n)).astype(np.int32)
+        valid[0, : len(MASK_CODES)] = MASK_CODES  # every code at least once
     if name == "masked_rows":
         valid[1] = False  # a request whose candidates are all padding
         valid[2] = True
@@ -51,7 +60,9 @@ def make_inputs(name: str, b: int, n: int, k: int, d: int, seed: int) -> tuple[n
 
 
 def reference(z: np.ndarray, r: np.ndarray, valid: np.ndarray, scale: float) -> np.ndarray:
-    return eager_matching_score(torch.from_numpy(z), torch.from_numpy(r), torch.from_numpy(valid), scale).numpy()
+    """The eager scorer, given the contract's boolean (valid != 0), not the int32 codes the kernel reads."""
+    is_valid = torch.from_numpy(valid != 0)
+    return eager_matching_score(torch.from_numpy(z), torch.from_numpy(r), is_valid, scale).numpy()
 
 
 def max_abs_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -80,6 +91,8 @@ def build_cases() -> dict[tuple, tuple[KernelCase, np.ndarray, np.ndarray]]:
     cases[("perturbed_scale",)] = (KernelCase(z, r, valid, SCALE * 1.01), reference(z, r, valid, SCALE), None)
     all_valid = np.ones_like(valid)
     cases[("dropped_mask",)] = (KernelCase(z, r, all_valid, SCALE), reference(z, r, valid, SCALE), None)
+    # The torch launcher also takes a bool mask (the eager model's own), passed to the kernel as 0/1 int32.
+    cases[("bool_mask",)] = (KernelCase(z, r, valid != 0, SCALE), reference(z, r, valid, SCALE), None)
     return cases
 
 
@@ -101,7 +114,9 @@ def test_kernel_matches_the_eager_scorer(results, shape, dtype):
         # Same (rounded) inputs: fp32 accumulation leaves only summation-order differences.
         assert max_abs_error(out, rounded) <= FP32_TOL, config
         assert max_abs_error(out, exact) <= (FP32_TOL if dtype == "fp32" else FP16_TOL), config
-        assert (out[~case.valid] == 0.0).all(), "padded candidates must score exactly 0"
+        assert case.valid.dtype == np.int32
+        assert (out[case.valid == 0] == 0.0).all(), "padded candidates must score exactly 0"
+        assert (out[case.valid != 0] > 0.0).all(), "every nonzero mask value is a real candidate"
 
 
 def test_every_launch_config_was_executed(results):
@@ -123,13 +138,26 @@ def test_the_comparison_detects_a_dropped_mask(results):
     assert max_abs_error(out, expected) > 0.1
 
 
+def test_a_bool_mask_is_launched_as_int32(results):
+    (case, expected, _), out = results[("bool_mask",)]
+    assert case.valid.dtype == np.bool_ and max_abs_error(out, expected) <= FP32_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.float32])
+def test_the_launcher_refuses_a_mask_that_is_neither_int32_nor_bool(dtype):
+    """int64 would wrap to 0 on the way to int32 (2**32 is nonzero); a float mask has no exact contract."""
+    z, r = torch.zeros(1, 3, 64), torch.zeros(1, 2, 3, 64)
+    with pytest.raises(RequestError, match=r"valid as int32 \(nonzero = valid\) or bool; got torch\."):
+        kernel_matching_score(z, r, torch.ones(1, 2, dtype=dtype), SCALE)
+
+
 def test_fp16_accumulation_would_fail_the_fp32_tolerance():
     """The fp32-accumulation check is not vacuous: summing in fp16 misses FP32_TOL on the D=130 case."""
     name, b, n, k, d = SHAPES[3]
     z, r, valid = make_inputs(name, b, n, k, d, seed=3)
     zq, rq = torch.from_numpy(z.astype(np.float16)), torch.from_numpy(r.astype(np.float16))
     fp16_sum = torch.sigmoid((zq.unsqueeze(1) * rq).sum(-1, dtype=torch.float16).float() * SCALE)
-    fp16_sum = torch.where(torch.from_numpy(valid).unsqueeze(-1), fp16_sum, 0.0).numpy()
+    fp16_sum = torch.where(torch.from_numpy(valid != 0).unsqueeze(-1), fp16_sum, 0.0).numpy()
     assert max_abs_error(fp16_sum, reference(zq.numpy(), rq.numpy(), valid, SCALE)) > FP32_TOL
 
 
@@ -142,7 +170,7 @@ def function_model(dtype: int) -> onnx.ModelProto:
     graph = helper.make_graph([node], "matching_score", [
         helper.make_tensor_value_info(z, dtype, ["B", "K", "D"]),
         helper.make_tensor_value_info(r, dtype, ["B", "N", "K", "D"]),
-        helper.make_tensor_value_info(valid, TensorProto.BOOL, ["B", "N"]),
+        helper.make_tensor_value_info(valid, TensorProto.INT32, ["B", "N"]),
     ], [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["B", "N", "K"])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                     helper.make_opsetid(spec.domain, spec.version)],

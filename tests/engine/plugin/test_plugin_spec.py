@@ -8,11 +8,9 @@ from pathlib import Path
 
 import onnx
 import pytest
-from helpers import make_tiny_model
 
 from onerank_export.engine.plugin import spec_header as plugin_spec
-from onerank_export.export.custom_op import MATCHING_SCORE
-from onerank_export.export.onnx_export import export_onnx
+from onerank_export.export.custom_op import MATCHING_SCORE, PLUGIN_VERSION_ATTRIBUTE
 
 PLUGIN_DIR = Path(__file__).resolve().parents[3] / "plugins" / "matching_score"
 # The kernel launcher (matchingScoreKernel.*) names the Triton kernel's parameters ("scale", ...), which come
@@ -40,10 +38,8 @@ def header():
 
 
 @pytest.fixture(scope="module")
-def exported_node(tmp_path_factory):
-    path = tmp_path_factory.mktemp("spec") / "tiny.onnx"
-    export_onnx(make_tiny_model(seed=3), path)
-    proto = onnx.load(str(path))
+def exported_node(tiny_fp32_onnx):
+    proto = onnx.load(str(tiny_fp32_onnx[1]))
     (node,) = [n for n in proto.graph.node if n.domain == MATCHING_SCORE.domain]
     return proto, node
 
@@ -111,14 +107,19 @@ def test_onnx_node_has_exactly_the_plugins_attributes(exported_node, header):
     attributes = {a.name: a for a in node.attribute}
     expected_types = {**{n: "float" for n in MATCHING_SCORE.float_attributes},
                       **{n: "string" for n in MATCHING_SCORE.string_attributes}}
-    assert set(attributes) == set(expected_types) == {header["kFieldScale"], header["kFieldPluginNamespace"]}
+    # The plugin's fields, and plugin_version, which only the parser's creator lookup reads.
+    assert set(expected_types) == {header["kFieldScale"], header["kFieldPluginNamespace"]}
+    assert set(attributes) == {*expected_types, PLUGIN_VERSION_ATTRIBUTE}
     for name, kind in expected_types.items():
         assert attributes[name].type == ONNX_ATTRIBUTE_TYPE[kind], name
         assert f'kField{plugin_spec._camel(name)} = "{name}"; // {kind} -> PluginFieldType::' \
                f"{plugin_spec.FIELD_TYPES[kind]}" in plugin_spec.SPEC_HEADER.read_text()
     assert attributes["plugin_namespace"].s.decode() == header["kPluginNamespace"]
-    # No plugin_version attribute: TensorRT's ONNX parser then looks for version "1".
-    assert "plugin_version" not in attributes and header["kPluginVersion"] == "1"
+    # onnx-tensorrt looks the creator up by this attribute, and by "1" when it is absent: version 2
+    # (int32 mask) must be said, so that a stale version-1 library (BOOL mask) is not matched.
+    version = attributes[PLUGIN_VERSION_ATTRIBUTE]
+    assert version.type == onnx.AttributeProto.STRING and version.s.decode() == header["kPluginVersion"] == "2"
+    assert {o.domain: o.version for o in proto.opset_import}[node.domain] == int(header["kPluginVersion"])
     assert len(node.input) == header["kNbInputs"] and len(node.output) == header["kNbOutputs"]
 
 

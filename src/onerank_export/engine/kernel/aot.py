@@ -86,7 +86,7 @@ def require_supported_triton() -> str:
 
 def signature(dtype: str) -> dict[str, str]:
     ptr = f"*{dtype}"
-    return {"z_ptr": ptr, "r_ptr": ptr, "valid_ptr": "*u8", "out_ptr": "*fp32", "num_rows": "i32",
+    return {"z_ptr": ptr, "r_ptr": ptr, "valid_ptr": "*i32", "out_ptr": "*fp32", "num_rows": "i32",
             "num_tasks": "i32", "rows_per_batch": "i32", "d_model": "i32", "scale": "fp32",
             "BLOCK_ROWS": "constexpr", "BLOCK_D": "constexpr"}
 

@@ -25,7 +25,7 @@ from onerank_export.errors import StageError
 class KernelCase:
     z: np.ndarray  # [B, K, D] float32 | float16
     r: np.ndarray  # [B, N, K, D] same dtype
-    valid: np.ndarray  # [B, N] bool
+    valid: np.ndarray  # [B, N] int32 (nonzero = valid) or bool
     scale: float
     config: str | None = None  # a LaunchConfig name; None = what the plugin would choose
 
@@ -36,7 +36,7 @@ def run_interpreted(cases: list[KernelCase], *, timeout: float = 300.0) -> list[
         inputs, outputs = Path(tmp) / "cases.npz", Path(tmp) / "scores.npz"
         arrays: dict[str, np.ndarray] = {}
         for i, case in enumerate(cases):
-            arrays[f"{i}.z"], arrays[f"{i}.r"], arrays[f"{i}.valid"] = case.z, case.r, case.valid.astype(bool)
+            arrays[f"{i}.z"], arrays[f"{i}.r"], arrays[f"{i}.valid"] = case.z, case.r, case.valid
             arrays[f"{i}.scale"] = np.asarray(case.scale, dtype=np.float64)
             arrays[f"{i}.config"] = np.asarray(case.config or "")
         np.savez(inputs, **arrays)

@@ -1,6 +1,6 @@
 """The `onerank::MatchingScore` kernel (Triton language), its launch configurations and a torch launcher.
 
-    scores[b, n, k] = valid[b, n] ? sigmoid(scale * sum_d z[b, k, d] * r[b, n, k, d]) : 0
+    scores[b, n, k] = valid[b, n] != 0 ? sigmoid(scale * sum_d z[b, k, d] * r[b, n, k, d]) : 0
 
 One flat "row" is one (b, n, k): row = (b * N + n) * K + k, so r viewed as [B*N*K, D] and the
 output viewed as [B*N*K] are indexed by the row directly, valid by row // K and z by
@@ -59,7 +59,7 @@ def select_config(d_model: int, pointers: tuple[int, ...]) -> LaunchConfig:
 def matching_score_kernel(
     z_ptr,  # [B, K, D] fp32 | fp16
     r_ptr,  # [B, N, K, D] same type as z
-    valid_ptr,  # [B, N] uint8 (bool)
+    valid_ptr,  # [B, N] int32, nonzero = valid (the op's contract: export/custom_op.py)
     out_ptr,  # [B, N, K] fp32
     num_rows,  # B * N * K
     num_tasks,  # K
@@ -109,7 +109,9 @@ def jit_kernel() -> triton.runtime.JITFunction:
 
 
 def matching_score(z, r, valid, scale: float, *, config: LaunchConfig | None = None):
-    """Launch the kernel on torch tensors: z [B,K,D], r [B,N,K,D] (fp32|fp16), valid [B,N] bool -> [B,N,K] fp32.
+    """Launch the kernel on torch tensors: z [B,K,D], r [B,N,K,D] (fp32|fp16), valid [B,N] -> [B,N,K] fp32.
+
+    `valid` is int32 (nonzero = valid, the op's contract) or bool (passed as 0/1 int32).
 
     CUDA tensors are compiled and launched by Triton. CPU tensors run through Triton's interpreter,
     which must have been enabled (TRITON_INTERPRET=1) before triton was first imported; from a
@@ -129,6 +131,8 @@ def matching_score(z, r, valid, scale: float, *, config: LaunchConfig | None = N
                            f"valid {tuple(valid.shape)}")
     if z.dtype != r.dtype or z.dtype not in (torch.float32, torch.float16):
         raise RequestError(f"matching_score needs z and r both float32 or both float16; got {z.dtype}, {r.dtype}")
+    if valid.dtype not in (torch.int32, torch.bool):
+        raise RequestError(f"matching_score needs valid as int32 (nonzero = valid) or bool; got {valid.dtype}")
     if b * n * k > MAX_ROWS:
         raise RequestError(f"matching_score supports at most {MAX_ROWS} (b, n, k) rows; got {b * n * k}")
     on_cpu = r.device.type == "cpu"
@@ -137,18 +141,18 @@ def matching_score(z, r, valid, scale: float, *, config: LaunchConfig | None = N
                          "TRITON_INTERPRET=1 before triton is imported, or use "
                          "engine.kernel.interpreter.run_interpreted")
     z, r = z.contiguous(), r.contiguous()
-    valid_u8 = valid.to(torch.bool).contiguous().view(torch.uint8)
+    valid_i32 = valid.to(torch.int32).contiguous()
     out = torch.empty((b, n, k), dtype=torch.float32, device=r.device)
     if out.numel() == 0:
         return out
-    pointers = (z.data_ptr(), r.data_ptr(), valid_u8.data_ptr(), out.data_ptr())
+    pointers = (z.data_ptr(), r.data_ptr(), valid_i32.data_ptr(), out.data_ptr())
     chosen = config or select_config(d, pointers)
     if not chosen.accepts(d, pointers):
         raise RequestError(f"launch configuration {chosen.name} needs d_model % 16 == 0 and 16-byte-aligned "
                            f"pointers; got d_model={d}")
     kernel = matching_score_kernel if on_cpu else jit_kernel()
     kernel[(grid_size(b * n * k, chosen),)](
-        z, r, valid_u8, out, b * n * k, k, n * k, d, float(scale),
+        z, r, valid_i32, out, b * n * k, k, n * k, d, float(scale),
         BLOCK_ROWS=chosen.block_rows, BLOCK_D=chosen.block_d, num_warps=chosen.num_warps,
         num_stages=chosen.num_stages,
     )

@@ -54,7 +54,8 @@ def render_header(spec: CustomOpSpec = MATCHING_SCORE) -> str:
         f'constexpr char const* kPluginVersion = "{spec.plugin_version}";',
         f'constexpr char const* kPluginNamespace = "{spec.plugin_namespace}";',
         "",
-        "// Plugin fields = the ONNX node's attributes, with the PluginFieldType the ONNX parser passes.",
+        "// Plugin fields = the ONNX node's attributes except plugin_version (read by the parser's creator",
+        "// lookup), with the PluginFieldType the ONNX parser passes.",
     ]
     element_types = list(dict.fromkeys(x for t in (*spec.inputs, *spec.outputs) for x in t.types))
     fields = [(n, "float") for n in spec.float_attributes] + [(n, "string") for n in spec.string_attributes]

@@ -27,8 +27,10 @@ class ParityStage(Stage):
 
         cfg, seed = state.config, state.options.seed
         repository = state.repository.path if state.repository is not None else None
+        cached = state.user_cache
         targets = ParityTargets(onnx=dict(state.onnx), plans=list(state.engines.values()),
-                                plugin=state.plugin_library, repository=repository)
+                                plugin=state.plugin_library, repository=repository,
+                                user_cache=(cached.encoder, cached.scorer) if cached is not None else None)
         runners = build_runners(state.model, targets)
         report = run_parity_suite(state.model, runners, default_cases(cfg, seed), state.options.tolerances,
                                   invariance_case=invariance_case(cfg, seed))

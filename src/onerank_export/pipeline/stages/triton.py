@@ -25,7 +25,8 @@ class TritonStage(Stage):
         if Precision.FP32 not in state.onnx:
             return StageResult.skipped(self.name, "no fp32 ONNX to serve")
         repo = write_model_repository(state.work, state.config, self.plan, dict(state.onnx), dict(state.engines),
-                                      state.plugin_library, cpu_onnx=dict(state.onnx_cpu))
+                                      state.plugin_library, cpu_onnx=dict(state.onnx_cpu),
+                                      user_cache=state.user_cache)
         state.repository = repo
         metrics = {"models": repo.models, "python_model": repo.python_model, **self.plan.describe()}
         problems = check_repository(repo.path, self.plan.target.value)
@@ -37,7 +38,9 @@ class TritonStage(Stage):
         return StageResult(self.name, Status.OK,
                            f"model_repository/ target {plan.target} ({plan.target_reason.split(': ')[-1]}), "
                            f"profile {plan.profile}: {len(repo.models)} models ({', '.join(repo.models)}), "
-                           f"{plan.instances} instance(s){threads} each; every config.pbtxt parsed with Triton's "
+                           f"{plan.instances} instance(s){threads} each"
+                           + (", onerank through the user-state cache" if state.user_cache else "")
+                           + "; every config.pbtxt parsed with Triton's "
                            "ModelConfig and checked against its backend's rules" + _unserved(state, plan),
                            repo.artifacts, metrics)
 
