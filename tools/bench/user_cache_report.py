@@ -11,14 +11,16 @@ nan = float("nan")
 
 def print_latency_row(r: dict) -> None:
     f = r["flops"]
-    print(f"L={r['L']:5d} N={r['N']:4d} ({r['reps']} reps, load {r['load_avg_1m']:.2f}): "
+    print(f"L={r['L']:5d} N={r['N']:4d} ({r['reps']} reps, load {r['load_avg_1m']:.2f}, others "
+          f"{r['foreign_cores']:.2f} cores): "
           f"single {r['single_p50_ms']:7.2f} "
           f"miss {r['miss_p50_ms']:7.2f} hit {r['hit_p50_ms']:7.2f} ms  hit x{r['hit_speedup']:.2f} "
           f"(FLOP bound x{f['hit_speedup_bound']:.2f})  miss {100 * r['miss_overhead']:+.1f}%", flush=True)
 
 
 def print_mix_row(r: dict) -> None:
-    print(f"mix L={r['L']} N={r['N']} R={r['repeat']:2d}: single {r['single_rps']:6.1f} req/s, cached "
+    print(f"mix L={r['L']} N={r['N']} R={r['repeat']:2d} (others {r['foreign_cores']:.2f} cores): "
+          f"single {r['single_rps']:6.1f} req/s, cached "
           f"{r['cached_rps']:6.1f} req/s (x{r['speedup']:.2f}), hit rate {r['hit_rate']:.3f}", flush=True)
 
 
@@ -43,7 +45,7 @@ def markdown(res: dict) -> str:
            f"**{h['matmul_peak_gflops']:.0f} GFLOP/s**; load average (1 min) {h['load_avg_start'][0]:.2f} at the "
            f"start, {h['load_avg_end'][0]:.2f} at the end. Model: {h['model']}.", "",
            "| L | N | single p50 (p90) ms | miss p50 (p90) ms | hit p50 (p90) ms | hit speedup | FLOP bound | "
-           "miss overhead | states KB/row | user share: time (FLOPs) | reps | load |",
+           "miss overhead | states KB/row | user share: time (FLOPs) | reps | load (others' cores) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["latency"] + [dict(x, rerun=True) for x in res["headline_reruns"]]:
         f = r["flops"]
@@ -52,13 +54,13 @@ def markdown(res: dict) -> str:
                    f"{r['hit_p50_ms']:.2f} ({r['hit_p90_ms']:.2f}) | {r['hit_speedup']:.2f}x | "
                    f"{f['hit_speedup_bound']:.2f}x | {100 * r['miss_overhead']:+.1f}% | {r['states_kb_per_row']:.0f} | "
                    f"{100 * r['user_share_measured']:.0f}% ({100 * f['user_share']:.0f}%) | {r['reps']} | "
-                   f"{r['load_avg_1m']:.2f} |")
+                   f"{r['load_avg_1m']:.2f} ({r['foreign_cores']:.2f}) |")
     out += ["", "| L | N | repeats R | requests (distinct) | single req/s | cached req/s | speedup | hit rate "
-            "(expected 1 - 1/R) |", "|---|---|---|---|---|---|---|---|"]
+            "(expected 1 - 1/R) | others' cores |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["traffic_mix"]:
         out.append(f"| {r['L']} | {r['N']} | {r['repeat']} | {r['requests']} ({r['distinct']}) | {r['single_rps']:.1f} "
                    f"| {r['cached_rps']:.1f} | {r['speedup']:.2f}x | {r['hit_rate']:.3f} "
-                   f"({r['expected_hit_rate']:.3f}) |")
+                   f"({r['expected_hit_rate']:.3f}) | {r['foreign_cores']:.2f} |")
     t = res["triton"]
     out.append("")
     if "skipped" in t:

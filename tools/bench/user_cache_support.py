@@ -14,9 +14,9 @@ import numpy as np
 SEED = 0
 MAX_HIST_LEN = 4096
 MAX_CANDIDATES = 512
-# The files whose code decides what the three graphs are: a change to any re-exports.
-GRAPH_SOURCES = ("export/serving_graph.py", "export/onnx_export.py", "export/onnx_config.py", "user_states.py",
-                 "model/onerank.py", "config.py")
+# The code that decides what the three graphs are (the package's export/ and model/ and these): a change
+# to any of it re-exports.
+GRAPH_SOURCES = ("user_states.py", "config.py", "spec.py")
 GRAPHS = ("single", "encoder", "scorer")
 
 
@@ -35,8 +35,9 @@ def ensure_exports(cache_root: Path | None = None) -> dict[str, Path]:
     cfg = bench_config()
     src = Path(onerank_export.__file__).parent
     h = hashlib.sha256(cfg.to_json().encode() + str(SEED).encode())
-    for rel in GRAPH_SOURCES:
-        h.update((src / rel).read_bytes())
+    sources = [*(src / "export").glob("*.py"), *(src / "model").glob("*.py"), *map(src.joinpath, GRAPH_SOURCES)]
+    for path in sorted(sources):
+        h.update(path.read_bytes())
     cache_root = cache_root or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "onerank-export"
     out = cache_root / f"bench-user-cache-{h.hexdigest()[:16]}"
     paths = {g: out / f"{g}.fp32.onnx" for g in GRAPHS}
@@ -129,3 +130,26 @@ def rss_bytes() -> int:
 
 def load_average() -> float:
     return os.getloadavg()[0]
+
+
+class ForeignCpu:
+    """CPU time other processes used while a block ran, in cores (busy jiffies of the whole machine from
+    /proc/stat minus this process's own CPU time): the load average lags by a minute, this does not.
+    0.0 is a quiet machine; on 2 cores, 1.0 is another process holding a whole core."""
+
+    def __enter__(self) -> ForeignCpu:
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy0, own0, wall0 = self.start
+        busy1, own1, wall1 = self._sample()
+        self.cores = max(0.0, ((busy1 - busy0) - (own1 - own0)) / (wall1 - wall0))
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        tick = os.sysconf("SC_CLK_TCK")
+        t = os.times()
+        return (sum(fields[:8]) - idle) / tick, t.user + t.system, time.monotonic()

@@ -16,18 +16,20 @@ from user_cache_support import fresh_histories, pct, timed
 
 
 def _repositories(tmp: Path, cfg, paths: dict[str, Path]):
+    """The plain cpu-target repository and the --user-cache one (in-process tier, the default budget).
+    The halves go in as exported: the cached model's sessions apply the CPU rewrite when they load."""
     from onerank_export.export.ort_cpu_graph import write_ort_cpu_model
     from onerank_export.serving.profiles import Target, serving_plan
-    from onerank_export.serving.repository import write_model_repository
+    from onerank_export.serving.repository import UserCacheModels, write_model_repository
+    from onerank_export.serving.user_cache import CacheSettings
 
     plan = serving_plan(Target.CPU, "--target cpu", "latency")
-    cpu = {g: write_ort_cpu_model(p, tmp / f"{g}.cpu.onnx") for g, p in paths.items()}
+    cpu_single = write_ort_cpu_model(paths["single"], tmp / "single.cpu.onnx")
     plain = write_model_repository(tmp / "plain", cfg, plan, {"fp32": paths["single"]}, {}, None,
-                                   cpu_onnx={"fp32": cpu["single"]})
+                                   cpu_onnx={"fp32": cpu_single})
     cached = write_model_repository(tmp / "cached", cfg, plan, {"fp32": paths["single"]}, {}, None,
-                                    cpu_onnx={"fp32": cpu["single"]},
-                                    user_cache={"fp32": (paths["encoder"], paths["scorer"])},
-                                    user_cache_cpu={"fp32": (cpu["encoder"], cpu["scorer"])})
+                                    cpu_onnx={"fp32": cpu_single},
+                                    user_cache=UserCacheModels(paths["encoder"], paths["scorer"], CacheSettings()))
     return plain, cached
 
 
@@ -40,7 +42,7 @@ def run(cfg, paths: dict[str, Path], shapes, reps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         plain, cached = _repositories(Path(tmp), cfg, paths)
         with TritonServer(plain.path, models=[plain.python_model]) as s_plain, \
-                TritonServer(cached.path, models=[cached.python_model]) as s_cached:
+                TritonServer(cached.path, models=[cached.python_model], metrics_port=0) as s_cached:
             single = OneRankClient(s_plain.http_url, validate=False).score
             score = OneRankClient(s_cached.http_url, validate=False).score
             for L, N in shapes:
@@ -57,23 +59,21 @@ def run(cfg, paths: dict[str, Path], shapes, reps: int) -> dict:
                 for k, xs in t.items():
                     row[f"{k}_p50_ms"], row[f"{k}_p90_ms"] = pct(xs, 50), pct(xs, 90)
                 rows.append(row)
-            metrics = _cache_metrics(s_cached.metrics_url if hasattr(s_cached, "metrics_url") else None)
+            metrics = _cache_metrics(s_cached.metrics_url, cached.python_model)
             rss = {"plain_rss_bytes": s_plain.rss_bytes(), "cached_rss_bytes": s_cached.rss_bytes()}
     return {"server": "tritonserver from nvidia-pytriton, python backend, cpu target, latency profile",
             "note": "two servers at once (plain repository and --user-cache repository), requests interleaved",
             "rows": rows, "metrics": metrics, **rss, "finished": time.strftime("%H:%M:%S")}
 
 
-def _cache_metrics(url: str | None) -> dict | None:
-    """The cache's Triton custom metrics after the run (hits must equal the hit requests plus the warm-up)."""
-    if url is None:
-        return None
+def _cache_metrics(url: str, model: str) -> dict:
+    """The cache's Triton custom metrics after the run: hits are the hit requests plus one warm-up."""
     import urllib.request
 
     from onerank_export.serving.cache_metrics import parse_cache_metrics
 
     with urllib.request.urlopen(url, timeout=10) as r:
-        return parse_cache_metrics(r.read().decode())
+        return parse_cache_metrics(r.read().decode(), model)
 
 
 def unavailable() -> str | None:
