@@ -3,15 +3,19 @@
 throughput under a traffic mix with repeated histories, the same through tritonserver, and RSS under a
 bounded load test with 10,000 distinct histories.
 
-    python tools/bench/bench_user_cache.py [--quick] [--out tools/bench/results] [--skip-triton REASON]
+    python tools/bench/bench_user_cache.py [--quick] [--plot docs/img/user_cache_latency.png]
+        [--out tools/bench/results] [--skip-triton REASON] [--only-headline ROUNDS]
 
 The model is the demo architecture (d=64, 2 layers, 4 heads, K=3) with max_hist_len=4096 and random
 weights (torch.manual_seed(0), no checkpoint); its single, user-encoder and candidate-scorer graphs are
 exported once and cached (user_cache_support.ensure_exports). In process, every path is ONNX Runtime
 on all cores through the product's `cpu_session`, and the cached path is `CachedUserScorer`, the class
 the Triton model serves. Single, miss and hit are interleaved per iteration, so the VM's slow spells
-land on all three. Prints the tables, the CPU and a matmul peak measured in the same run; writes
-user_cache.json and, with --plot, the latency plot. The RSS test runs in its own process.
+land on all three; each cell records the CPU other processes used meanwhile (the headline cell is
+measured again when that or the load average is high). Prints the tables, the CPU and a matmul peak
+measured in the same run; writes user_cache.json, user_cache.md (the tables of docs/benchmarks.md)
+and, with --plot, the latency plot. The RSS test runs in its own process. The tritonserver part is
+skipped, saying why, where the repository has no user-cache support or tritonserver is missing.
 """
 
 from __future__ import annotations
