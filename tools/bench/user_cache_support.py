@@ -86,9 +86,15 @@ def flops(cfg, hist_len: int, cands: int) -> dict[str, float]:
 
 
 def sessions(paths: dict[str, Path], threads: int):
+    """The single graph as the product's CPU sessions run it; the halves as every cached path runs them."""
     from onerank_export.export.ort_session import cpu_session
+    from onerank_export.serving.cached_scoring import half_sessions
 
-    return {g: cpu_session(str(p), threads, inter_op_threads=1) for g, p in paths.items()}
+    encoder, scorer = half_sessions(paths["encoder"], paths["scorer"], threads)
+    out = {"encoder": encoder, "scorer": scorer}
+    if "single" in paths:
+        out["single"] = cpu_session(str(paths["single"]), threads, inter_op_threads=1)
+    return out
 
 
 def cached_scorer(cfg, sess: dict, encoder_path: Path, max_bytes: int):

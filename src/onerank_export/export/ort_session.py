@@ -21,20 +21,24 @@ def default_threads() -> int:
     return min(os.cpu_count() or 1, 8)
 
 
-def cpu_session_options(threads: int, *, inter_op_threads: int | None = None):
-    """SessionOptions for the product's CPU sessions."""
+def cpu_session_options(threads: int, *, inter_op_threads: int | None = None, spinning: bool = True):
+    """SessionOptions for the product's CPU sessions. `spinning=False`: the intra-op threads sleep as soon
+    as a run ends instead of spinning for the next one; for sessions that run back to back (the user-state
+    cache's encoder then scorer), where one session's spinning threads take the cores the next one needs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     if inter_op_threads is not None:
         opts.inter_op_num_threads = inter_op_threads
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     opts.add_session_config_entry(*DENORMAL_AS_ZERO)
     return opts
 
 
-def cpu_session(model, threads: int, *, inter_op_threads: int | None = None):
+def cpu_session(model, threads: int, *, inter_op_threads: int | None = None, spinning: bool = True):
     """An ONNX Runtime CPU session for `model` (a path or serialized bytes) after the exact CPU
     rewrite of export/ort_cpu_graph.py: the one way the product runs a model on the CPU."""
     import onnx
@@ -44,5 +48,5 @@ def cpu_session(model, threads: int, *, inter_op_threads: int | None = None):
 
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
     blob = rewrite_for_ort_cpu(proto).SerializeToString()
-    opts = cpu_session_options(threads, inter_op_threads=inter_op_threads)
+    opts = cpu_session_options(threads, inter_op_threads=inter_op_threads, spinning=spinning)
     return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])

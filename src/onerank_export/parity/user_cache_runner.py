@@ -25,8 +25,8 @@ class UserCacheRunner(Runner):
         import onnx
 
         from onerank_export.export.metadata import model_metadata, read_metadata
-        from onerank_export.export.ort_session import cpu_session, default_threads
-        from onerank_export.serving.cached_scoring import CachedUserScorer, model_identity
+        from onerank_export.export.ort_session import default_threads
+        from onerank_export.serving.cached_scoring import CachedUserScorer, half_sessions, model_identity
         from onerank_export.serving.user_cache import LocalStateCache, TieredStateCache
 
         config = read_metadata(self.encoder_path).config
@@ -34,8 +34,8 @@ class UserCacheRunner(Runner):
             raise StageError(f"{self.encoder_path}: no OneRank config in its metadata; export it with onerank-export")
         metadata = model_metadata(onnx.load(str(self.encoder_path), load_external_data=False))
         threads = default_threads()
-        self.scorer = CachedUserScorer(config, cpu_session(str(self.encoder_path), threads),
-                                       cpu_session(str(self.scorer_path), threads),
+        encoder, scorer = half_sessions(self.encoder_path, self.scorer_path, threads)
+        self.scorer = CachedUserScorer(config, encoder, scorer,
                                        TieredStateCache(LocalStateCache(self.cache_bytes)),
                                        model_identity(self.encoder_path, metadata))
 
