@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import click
 
 from onerank_export.calibration.settings import METHODS
 from onerank_export.cli.common import CHECKPOINT_HELP, ConsoleUI, console, existing_dir, existing_file
+from onerank_export.embeddings.limits import MODES as EMBEDDING_MODES
 from onerank_export.pipeline.options import EngineMode
 from onerank_export.precision import REDUCED
 from onerank_export.serving.profiles import PROFILES, TARGET_CHOICES
@@ -50,6 +52,12 @@ NONE = "none"
               help="In-process cache budget per model instance: bytes, or with KiB/MiB/GiB.")
 @click.option("--user-cache-redis", metavar="URL",
               help="redis:// URL of a shared cache tier across instances and hosts (default: none).")
+@click.option("--embeddings", type=click.Choice(EMBEDDING_MODES), default="auto", show_default=True,
+              help="Where the item table lives: inline in the ONNX/TensorRT graph (external data past 1 GiB), split "
+                   "into an embedding store looked up before the dense model, or auto: split past --split-threshold "
+                   "or a TensorRT/ONNX limit (docs/embeddings.md).")
+@click.option("--split-threshold", type=str, default="256MiB", show_default=True,
+              help="--embeddings auto splits a table larger than this: bytes, or with KiB/MiB/GiB.")
 @click.option("--tolerances", type=existing_file,
               help='JSON {"fp16": {"atol": 0.005}, ...} overriding per-precision parity tolerances.')
 @click.option("--force", is_flag=True, help="Replace --out even if it is not an earlier build.")
@@ -58,7 +66,7 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
           calibration_data: Path | None, engine: str,
           plugin_library: Path | None, triton: bool, target: str, serving_profile: str, instances: int | None,
           threads: int | None, user_cache: bool, user_cache_bytes: str, user_cache_redis: str | None,
-          tolerances: Path | None, force: bool, seed: int) -> int:
+          embeddings: str, split_threshold: str, tolerances: Path | None, force: bool, seed: int) -> int:
     """Checkpoint -> ONNX (fp32, fp16, int8) -> parity -> TensorRT engines -> Triton repository + manifest."""
     from onerank_export.parity.verify import load_tolerances
     from onerank_export.pipeline.options import BuildOptions
@@ -75,8 +83,18 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
                            seed=seed, target=target, serving_profile=serving_profile, instances=instances,
                            threads=threads, user_cache=user_cache, user_cache_redis=user_cache_redis,
                            user_cache_bytes=CacheSettings.from_parameters(
-                               {"user_cache_bytes": user_cache_bytes}).max_bytes)
+                               {"user_cache_bytes": user_cache_bytes}).max_bytes,
+                           embeddings=embeddings, split_threshold=_bytes(split_threshold, "--split-threshold"))
     outcome = run_build(options, ConsoleUI())
     verdict = "[green]passed[/]" if outcome.passed else "[bold red]FAILED[/]"
     console.print(f"build {verdict} in {time.perf_counter() - started:.0f} s: {outcome.out}/manifest.json")
     return 0 if outcome.passed else 1
+
+
+def _bytes(text: str, option: str) -> int:
+    """'256MiB' -> 268435456 (bytes, or a number with KiB/MiB/GiB)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*", text)
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a size: use bytes or a number with KiB, MiB or GiB (e.g. 256MiB)",
+                                 param_hint=option)
+    return int(match[1]) << {None: 0, "B": 0, "KiB": 10, "MiB": 20, "GiB": 30}[match[2]]

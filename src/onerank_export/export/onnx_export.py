@@ -24,8 +24,8 @@ from onerank_export.export.custom_op import MATCHING_SCORE, reference_function
 from onerank_export.export.graph_cleanup import clean_graph
 from onerank_export.export.metadata import GRAPH_KEY, OnnxMetadata
 from onerank_export.export.onnx_config import ONERANK_ONNX_CONFIG, OneRankOnnxConfig
+from onerank_export.export.onnx_files import external_data_threshold, save_onnx, tensor_bytes
 from onerank_export.export.serving_graph import ServingGraph
-from onerank_export.io import atomic_path
 from onerank_export.model.onerank import OneRankModel
 from onerank_export.precision import Precision
 
@@ -66,17 +66,23 @@ def export_onnx(model: OneRankModel, path: str | Path, *, checkpoint_sha256: str
     other = {} if export_config.role == "serving" else {GRAPH_KEY: export_config.role}
     metadata = OnnxMetadata(config_json=cfg.to_json(), checkpoint_sha256=checkpoint_sha256,
                             precision=Precision.FP32, other=other)
-    proto = finalize(program.model_proto, export_config.opset, metadata, role=export_config.role,
-                     matching_score_nodes=export_config.matching_score_nodes)
-    with atomic_path(path) as tmp:
-        onnx.save_model(proto, str(tmp))
+    proto = program.model_proto
+    del program  # its IR model holds tensors of its own; the proto is all that is needed from here
+    big = tensor_bytes(proto) > external_data_threshold()
+    proto = finalize(proto, export_config.opset, metadata, role=export_config.role,
+                     matching_score_nodes=export_config.matching_score_nodes, validate=not big)
     custom = sum(1 for n in proto.graph.node if n.domain == MATCHING_SCORE.domain)
-    return ExportedModel(path, export_config.opset, len(proto.graph.node), custom)
+    num_nodes = len(proto.graph.node)
+    try:  # past the threshold: external data, validated on the file (no 2 GiB message is ever made)
+        save_onnx(proto, path, validate=big)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise StageError(f"exported ONNX failed validation: {str(exc).splitlines()[0]}") from exc
+    return ExportedModel(path, export_config.opset, num_nodes, custom)
 
 
 def finalize(proto: onnx.ModelProto, opset: int, metadata: OnnxMetadata, *, role: str = "serving",
-             matching_score_nodes: int = 1) -> onnx.ModelProto:
-    """Add the FunctionProto, readable names and metadata; validate."""
+             matching_score_nodes: int = 1, validate: bool = True) -> onnx.ModelProto:
+    """Add the FunctionProto, readable names and metadata; validate (in memory: under 2 GiB only)."""
     custom = [n for n in proto.graph.node if n.domain == MATCHING_SCORE.domain]
     if len(custom) != matching_score_nodes or any(n.op_type != MATCHING_SCORE.op_type for n in custom):
         raise StageError(f"export of the {role} graph produced {len(custom)} {MATCHING_SCORE.domain} nodes, "
@@ -93,6 +99,8 @@ def finalize(proto: onnx.ModelProto, opset: int, metadata: OnnxMetadata, *, role
     proto.producer_version = __version__
     proto.doc_string = DOC_STRINGS[role]
     metadata.apply(proto)
+    if not validate:
+        return proto
     try:
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)

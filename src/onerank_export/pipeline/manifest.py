@@ -34,8 +34,10 @@ def library_versions() -> dict[str, str | None]:
 
 
 def build_manifest(out_dir: Path, config: OneRankConfig, checkpoint: dict[str, Any], options: dict[str, Any],
-                   stages: list[StageResult]) -> dict[str, Any]:
-    """The manifest for a build whose files live under `out_dir` (paths recorded relative to it)."""
+                   stages: list[StageResult], **blocks: dict[str, Any]) -> dict[str, Any]:
+    """The manifest for a build whose files live under `out_dir` (paths recorded relative to it);
+    `blocks` are further top-level records (embeddings, memory)."""
+    digest = _hasher()
     artifacts = []
     stage_rows = []
     for st in stages:
@@ -44,7 +46,7 @@ def build_manifest(out_dir: Path, config: OneRankConfig, checkpoint: dict[str, A
             path = Path(path)
             if not path.is_file():  # never list what does not exist
                 raise AssertionError(f"stage {st.name} lists {path} which does not exist")
-            rows.append({"role": role, "path": str(path.relative_to(out_dir)), "sha256": sha256_file(path),
+            rows.append({"role": role, "path": str(path.relative_to(out_dir)), "sha256": digest(path),
                          "bytes": path.stat().st_size})
         artifacts += [{**r, "stage": st.name} for r in rows]
         stage_rows.append({"name": st.name, "status": st.status.value, "verdict": st.verdict, "detail": st.detail,
@@ -61,4 +63,34 @@ def build_manifest(out_dir: Path, config: OneRankConfig, checkpoint: dict[str, A
         "passed": all(st.status is not Status.FAILED for st in stages),
         "stages": stage_rows,
         "artifacts": artifacts,
+        **blocks,
     }
+
+
+def memory_record(config: OneRankConfig) -> dict[str, Any]:
+    """Peak resident memory of this process and of its largest child so far (ru_maxrss: KiB on Linux),
+    their sum as the build's peak (an upper bound: they need not overlap), and the big tables' bytes."""
+    import resource
+    import sys
+
+    from onerank_export.embeddings.limits import big_tables
+
+    unit = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit
+    return {"peak_rss_bytes": own + children, "peak_rss_self_bytes": own, "peak_rss_children_bytes": children,
+            "table_bytes": {t.name: t.bytes for t in big_tables(config)}}
+
+
+def _hasher():
+    """sha256_file, once per file: a repository's hard-linked data file is the same gigabytes as the build's."""
+    seen: dict[tuple[int, int, int, int], str] = {}
+
+    def digest(path: Path) -> str:
+        st = path.stat()
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in seen:
+            seen[key] = sha256_file(path)
+        return seen[key]
+
+    return digest

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from onerank_export.calibration.settings import METHODS
+from onerank_export.embeddings.limits import MODES as EMBEDDING_MODES
+from onerank_export.embeddings.limits import SPLIT_THRESHOLD_BYTES
 from onerank_export.errors import ConfigError, StageError
 from onerank_export.precision import REDUCED, Precision, Tolerance
 
@@ -53,12 +55,18 @@ class BuildOptions:
     user_cache: bool = False
     user_cache_bytes: int = 512 << 20  # the in-process tier's budget per model instance
     user_cache_redis: str | None = None  # redis:// URL of the shared tier, written into the model config
+    # Where the item table lives (docs/embeddings.md): inline in the graph, split out into an embedding
+    # store, or auto (split when embeddings/limits.py needs_split says so).
+    embeddings: str = "auto"
+    split_threshold: int = SPLIT_THRESHOLD_BYTES
 
     def __post_init__(self) -> None:
         # Accept the option strings too ("fp16", "auto"): Python callers need not import the enums.
         object.__setattr__(self, "precisions", tuple(Precision.parse(p) for p in self.precisions))
         object.__setattr__(self, "engine", EngineMode.parse(self.engine))
         object.__setattr__(self, "tolerances", {Precision.parse(p): t for p, t in self.tolerances.items()})
+        if self.embeddings not in EMBEDDING_MODES:
+            raise ConfigError(f"--embeddings {self.embeddings!r}: expected one of {', '.join(EMBEDDING_MODES)}")
         if self.calibration_method not in METHODS:
             raise ConfigError(f"calibration method {self.calibration_method!r} is not one of {', '.join(METHODS)}")
 
@@ -74,7 +82,8 @@ class BuildOptions:
                 "plugin_library": str(self.plugin_library) if self.plugin_library else None,
                 "tolerances": {p.value: t.to_dict() for p, t in self.tolerances.items()},
                 "target": self.target, "serving_profile": self.serving_profile, "instances": self.instances,
-                "threads": self.threads, "user_cache": self.user_cache,
+                "threads": self.threads, "user_cache": self.user_cache, "embeddings": self.embeddings,
+                "split_threshold": self.split_threshold,
                 "user_cache_bytes": self.user_cache_bytes if self.user_cache else None,
                 "user_cache_redis": _without_password(self.user_cache_redis) if self.user_cache else None}
 

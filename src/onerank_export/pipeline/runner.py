@@ -15,7 +15,8 @@ from pathlib import Path
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import OneRankError
 from onerank_export.io import write_json
-from onerank_export.pipeline.manifest import build_manifest
+from onerank_export.pipeline.embeddings_mode import plan_embeddings
+from onerank_export.pipeline.manifest import build_manifest, memory_record
 from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages import plan_stages
@@ -44,6 +45,7 @@ def preflight(options: BuildOptions, stages: list[Stage] | None = None) -> list[
     stages = plan_stages(options) if stages is None else stages
     _check_plan(stages)
     config = checkpoint_config(options.checkpoint)
+    plan_embeddings(options, config)  # the table limits: refused here, from config.json alone
     for stage in stages:
         stage.preflight(options, config)
     return stages
@@ -62,7 +64,10 @@ def build(options: BuildOptions, ui: BuildUI | None = None, *, stages: list[Stag
         results = [_run_stage(stage, state, i, len(stages), ui) for i, stage in enumerate(stages, start=1)]
         record = {"path": str(checkpoint),
                   "source": options.checkpoint_source, "sha256": state.checkpoint_sha256}
-        manifest = build_manifest(work.path, state.config, record, options.describe(), results)
+        config = checkpoint_config(options.checkpoint)
+        manifest = build_manifest(work.path, state.config, record, options.describe(), results,
+                                  embeddings=plan_embeddings(options, config).describe(),
+                                  memory=memory_record(config))
         write_json(work.path / MANIFEST, manifest)
         work.commit()
     return BuildOutcome(work.out, results, manifest)

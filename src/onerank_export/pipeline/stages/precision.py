@@ -17,7 +17,7 @@ from onerank_export.config import OneRankConfig
 from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
-from onerank_export.pipeline.stages.export import ONNX_DIR, onnx_file_name
+from onerank_export.pipeline.stages.export import ONNX_DIR, onnx_artifacts, onnx_file_name
 from onerank_export.pipeline.stages.parity import REPORTS_DIR
 from onerank_export.pipeline.state import MODEL, ONNX, BuildState
 from onerank_export.precision import Precision
@@ -80,7 +80,7 @@ class PrecisionStage(Stage):
                             report_dir=state.work / REPORTS_DIR, sets=sets)
         artifacts = {"calibration_report": outcome.report_path, "calibration_plot": outcome.plot_path}
         if outcome.model_path is not None:
-            artifacts[f"onnx_{self.precision}"] = outcome.model_path
+            artifacts |= onnx_artifacts(f"onnx_{self.precision}", outcome.model_path)
             state.onnx[self.precision] = outcome.model_path
         entry = outcome.entry
         acc = entry.accuracy
