@@ -31,14 +31,14 @@ SMALL = 4096  # bytes: the tiny model (~140 KB of tensors) goes external, as a 2
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The same tiny model exported as one file and with external data (threshold lowered)."""
+    """A tiny model exported twice with external data (threshold lowered), and resaved as one file."""
     model = make_tiny_model(seed=5)
     root = tmp_path_factory.mktemp("external")
-    single = export_onnx(model, root / "single" / "onerank.fp32.onnx").path
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(EXTERNAL_DATA_ENV, str(SMALL))
         external = export_onnx(model, root / "external" / "onerank.fp32.onnx").path
         again = export_onnx(model, root / "again" / "onerank.fp32.onnx").path
+    single = save_onnx(onnx.load(str(external)), root / "single" / "onerank.fp32.onnx", threshold=1 << 30)
     return single, external, again
 
 
@@ -101,6 +101,9 @@ def test_the_repository_copies_the_data_file_and_passes_the_backend_rules(export
         version = repo.path / model / "1"
         assert (version / "onerank.fp32.cpu.onnx.data").is_file(), model  # the name model.onnx references
         assert repo.artifacts[f"triton_{model}_model_data"] == version / "onerank.fp32.cpu.onnx.data"
+        # Hard links, not copies: the table is on disk once however many models serve it.
+        assert (version / "model.onnx").samefile(cpu)
+        assert (version / "onerank.fp32.cpu.onnx.data").samefile(cpu.parent / "onerank.fp32.cpu.onnx.data")
     assert check_repository(repo.path, "cpu") == []
     # Without its data file the rules name the tensor and the fix.
     (repo.path / "onerank" / "1" / "onerank.fp32.cpu.onnx.data").unlink()

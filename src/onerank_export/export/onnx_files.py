@@ -112,21 +112,29 @@ def data_files(path: str | Path) -> list[Path]:
 
 def copy_model(source: str | Path, target: str | Path) -> dict[str, Path]:
     """Copy a model file and its data file(s) to `target` (another name is fine: the data keeps the name
-    the model references). Data files are hard-linked when the filesystem allows (a read-only artifact
-    written once, gigabytes each), else copied. Returns {file name: written path}."""
+    the model references). Hard links where the filesystem allows: the build's models are read-only
+    artifacts written once, up to gigabytes each, and a link costs no second copy of the item table
+    on disk (a copy of the directory elsewhere still copies the bytes). Returns {file name: path}."""
     source, target = Path(source), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    out = {target.name: Path(shutil.copyfile(source, target))}
-    for data in data_files(source):
-        dest = target.parent / data.name
-        if dest.exists():
-            dest.unlink()
-        try:
-            os.link(data, dest)
-        except OSError:
-            shutil.copyfile(data, dest)
-        out[data.name] = dest
+    out = {target.name: _link_or_copy(source, target)}
+    try:
+        referenced = data_files(source)
+    except Exception:  # not readable as ONNX (DecodeError and others): copied as it is, the backend rules say so
+        referenced = []
+    for data in referenced:
+        out[data.name] = _link_or_copy(data, target.parent / data.name)
     return out
+
+
+def _link_or_copy(source: Path, dest: Path) -> Path:
+    if dest.exists():
+        dest.unlink()
+    try:
+        os.link(source, dest)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copyfile(source, dest)
+    return dest
 
 
 def session_from_proto(model: onnx.ModelProto, options, providers: list[str]):

@@ -67,18 +67,27 @@ def build_manifest(out_dir: Path, config: OneRankConfig, checkpoint: dict[str, A
     }
 
 
-def memory_record(config: OneRankConfig) -> dict[str, Any]:
-    """Peak resident memory of this process and of its largest child so far (ru_maxrss: KiB on Linux),
-    their sum as the build's peak (an upper bound: they need not overlap), and the big tables' bytes."""
+def peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def memory_record(config: OneRankConfig, after_stage: dict[str, int] | None = None) -> dict[str, Any]:
+    """Peak resident memory of this process and of its largest child (a compiler, a server), their sum
+    as the build's peak (an upper bound: they need not overlap), the high-water mark after each stage
+    (the stage that raised it is the one to look at), and the big tables' bytes."""
     import resource
     import sys
 
     from onerank_export.embeddings.limits import big_tables
 
-    unit = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit
+    own = peak_rss()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return {"peak_rss_bytes": own + children, "peak_rss_self_bytes": own, "peak_rss_children_bytes": children,
+            "peak_rss_after_stage": dict(after_stage or {}),
             "table_bytes": {t.name: t.bytes for t in big_tables(config)}}
 
 
