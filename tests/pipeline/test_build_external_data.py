@@ -61,7 +61,7 @@ def test_the_manifest_records_the_mode_the_table_and_the_peak_memory(built):
         "item": {"rows": 300, "dim": 16, "dtype": "float32", "bytes": 19_200}}}
     memory = manifest["memory"]
     assert memory["table_bytes"] == {"item": 19_200}
-    assert memory["peak_rss_bytes"] == memory["peak_rss_self_bytes"] + memory["peak_rss_children_bytes"]
+    assert memory["peak_rss_bytes"] == max(memory["peak_rss_self_bytes"], memory["peak_rss_children_bytes"])
     assert 100 << 20 < memory["peak_rss_self_bytes"] < 64 << 30  # this process's, in bytes (not KiB)
     after = memory["peak_rss_after_stage"]  # a high-water mark: never falls, ends at the peak
     assert list(after) == [s["name"] for s in manifest["stages"]]

@@ -137,9 +137,11 @@ def _link_or_copy(source: Path, dest: Path) -> Path:
     return dest
 
 
-def session_from_proto(model: onnx.ModelProto, options, providers: list[str]):
+def session_from_proto(model: onnx.ModelProto, options, providers: list[str], *, keep: bool = True):
     """An ONNX Runtime session of an in-memory model: from its bytes when it is small, else from a
-    temporary external-data file (past 2 GiB it cannot be serialized). `model` is left as it was."""
+    temporary external-data file (past 2 GiB it cannot be serialized). With `keep` the model is left as
+    it was; without, its big tensors are emptied as they are written (for a caller that drops it: the
+    table is not held by the proto and by ONNX Runtime at once)."""
     import onnxruntime as ort
 
     if tensor_bytes(model) <= external_data_threshold():
@@ -151,7 +153,8 @@ def session_from_proto(model: onnx.ModelProto, options, providers: list[str]):
         try:
             return ort.InferenceSession(str(path), options, providers=providers)
         finally:  # give the caller its model back (the save moved the bytes to the file)
-            onnx.external_data_helper.load_external_data_for_model(model, tmp)
+            if keep:
+                onnx.external_data_helper.load_external_data_for_model(model, tmp)
 
 
 @contextlib.contextmanager

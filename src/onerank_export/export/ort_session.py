@@ -59,4 +59,4 @@ def cpu_session(model, threads: int, *, inter_op_threads: int | None = None):
             return ort.InferenceSession(str(model), opts, providers=providers)
         del head
         proto = onnx.load(str(model))
-    return session_from_proto(rewrite_for_ort_cpu(proto, inplace=True), opts, providers)
+    return session_from_proto(rewrite_for_ort_cpu(proto, inplace=True), opts, providers, keep=False)

@@ -94,7 +94,9 @@ def checkpoint_digest(directory: str | Path) -> str:
     directory = _checkpoint_dir(directory)
     h = hashlib.sha256()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
-        h.update((directory / name).read_bytes())
+        with open(directory / name, "rb") as f:  # streamed: the weights are gigabytes at 10^7 rows
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 

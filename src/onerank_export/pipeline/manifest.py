@@ -76,9 +76,11 @@ def peak_rss() -> int:
 
 
 def memory_record(config: OneRankConfig, after_stage: dict[str, int] | None = None) -> dict[str, Any]:
-    """Peak resident memory of this process and of its largest child (a compiler, a server), their sum
-    as the build's peak (an upper bound: they need not overlap), the high-water mark after each stage
-    (the stage that raised it is the one to look at), and the big tables' bytes."""
+    """Peak resident memory of this process and of its largest child (a compiler, a server), the larger
+    of the two as the build's peak, the high-water mark after each stage (the stage that raised it is
+    the one to look at), and the big tables' bytes. Not their sum: Linux keeps a process's high-water
+    mark across fork and exec, so any child reports at least the build's size when it was started
+    (docs/embeddings.md#memory)."""
     import resource
     import sys
 
@@ -86,7 +88,7 @@ def memory_record(config: OneRankConfig, after_stage: dict[str, int] | None = No
 
     own = peak_rss()
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return {"peak_rss_bytes": own + children, "peak_rss_self_bytes": own, "peak_rss_children_bytes": children,
+    return {"peak_rss_bytes": max(own, children), "peak_rss_self_bytes": own, "peak_rss_children_bytes": children,
             "peak_rss_after_stage": dict(after_stage or {}),
             "table_bytes": {t.name: t.bytes for t in big_tables(config)}}
 
