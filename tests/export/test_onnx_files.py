@@ -54,6 +54,9 @@ def test_export_past_the_threshold_writes_the_data_file_beside_the_model(exporte
     head = onnx.load(str(external), load_external_data=False)
     table = next(t for t in head.graph.initializer if t.name == "model.item_emb.weight" or "item_emb" in t.name)
     assert table.data_location == onnx.TensorProto.EXTERNAL and list(table.dims) == [TINY.item_vocab_size, 16]
+    # Streamed from the model's tensor before the proto was made (onnx_export.stream_tables): first in the file.
+    assert {e.key: e.value for e in table.external_data} == {"location": "onerank.fp32.onnx.data", "offset": "0",
+                                                             "length": str(TINY.item_vocab_size * 16 * 4)}
     table_bytes = TINY.item_vocab_size * 16 * 4
     assert data.stat().st_size >= table_bytes  # the weights there, the graph here
     assert external.stat().st_size < single.stat().st_size - table_bytes

@@ -67,8 +67,8 @@ def dedupe_initializers(graph: onnx.GraphProto) -> None:
     renames: dict[str, str] = {}
     for init in sorted(graph.initializer, key=lambda i: (bool(re.fullmatch(r"val_\d+", i.name)), i.name)):
         shape_key = (init.data_type, tuple(init.dims))
-        if by_shape[shape_key] == 1:
-            continue
+        if by_shape[shape_key] == 1 or init.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # unique, or a table already streamed to the data file (onnx_export.stream_tables)
         key = (*shape_key, numpy_helper.to_array(init).tobytes())
         if key in canonical:
             renames[init.name] = canonical[key]

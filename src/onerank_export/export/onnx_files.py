@@ -22,9 +22,11 @@ from pathlib import Path
 
 import onnx
 
-# Models with more tensor bytes than this are saved with external data. 1 GiB, half the protobuf
-# limit: the graph, metadata and a reduced-precision rewrite must still fit under 2 GiB in one message.
-EXTERNAL_DATA_BYTES = 1 << 30
+# Models with more tensor bytes than this are saved with external data. 256 MiB, the split threshold:
+# well under the 2 GiB protobuf limit, and past it the export streams the tables to the data file and
+# the CPU rewrite copies them file to file, instead of holding them in a proto (a 3M-row build's peak
+# falls from 5.0 to about 2 GB: docs/embeddings.md#memory).
+EXTERNAL_DATA_BYTES = 256 << 20
 EXTERNAL_DATA_ENV = "ONERANK_EXTERNAL_DATA_BYTES"  # tests lower it to force external data on tiny models
 TENSOR_THRESHOLD = 1024  # bytes: smaller tensors stay in the model file (ONNX's size_threshold default)
 DATA_SUFFIX = ".data"
@@ -71,16 +73,17 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
 
 
 def save_onnx(model: onnx.ModelProto, path: str | Path, *, threshold: int | None = None,
-              validate: bool = False, infer_shapes: bool = True) -> Path:
+              validate: bool = False, infer_shapes: bool = True, staging: Path | None = None) -> Path:
     """Write `model` to `path` atomically: one file, or past the threshold `path` + `path`.data.
 
     With external data the big tensors' bytes leave the proto as they are written (they are not held
     twice); the caller must not use `model` afterwards. `validate`: onnx.checker (full) and, with
     `infer_shapes`, strict shape inference on the written file (the path form, which works past 2 GiB),
-    the inferred shapes kept in it."""
+    the inferred shapes kept in it. `staging`: a `staging_dir(path)` the caller already wrote tensors
+    into (`<path>.data`, referenced by the model as external): the rest is appended after them."""
     path = Path(path)
     external = tensor_bytes(model) > external_data_threshold(threshold)
-    with _staging(path) as tmp:
+    with contextlib.nullcontext(staging) if staging is not None else staging_dir(path) as tmp:
         staged = tmp / path.name
         if external:
             onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -137,17 +140,80 @@ def _link_or_copy(source: Path, dest: Path) -> Path:
     return dest
 
 
-def session_from_proto(model: onnx.ModelProto, options, providers: list[str], *, keep: bool = True):
+def load_without_tables(path: str | Path) -> onnx.ModelProto:
+    """A model file with every tensor loaded except its embedding tables (initializers read only as a
+    Gather's data), which stay references into the data file: for rewrites that never touch a table.
+    Save it with `carry_tables`, or open a session with `session_from_proto(..., tables_from=)`."""
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    tables = gather_tables(model)
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name not in tables:
+            onnx.external_data_helper.load_external_data_for_tensor(tensor, str(path.parent))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    return model
+
+
+def gather_tables(model: onnx.ModelProto) -> set[str]:
+    """Initializers read only as the data input of Gather nodes: the embedding tables."""
+    readers: dict[str, set[tuple[str, int]]] = {}
+    names = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            if name in names:
+                readers.setdefault(name, set()).add((node.op_type, index))
+    return {name for name, used in readers.items() if used == {("Gather", 0)}}
+
+
+def carry_tables(model: onnx.ModelProto, source_dir: str | Path, data_path: Path) -> None:
+    """Copy the bytes of every tensor still external (from `load_without_tables`) into `data_path` (a
+    staging directory's `<target>.data`, before `save_onnx(staging=)` appends the rest) in 1 MiB
+    chunks, and point the tensor there: a file copy, never the table in memory."""
+    offset = data_path.stat().st_size if data_path.exists() else 0
+    with open(data_path, "ab") as out:
+        for tensor in _tensors(model.graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in tensor.external_data}
+            start, length = int(info.get("offset", 0)), int(info["length"])
+            with open(Path(source_dir) / info["location"], "rb") as src:
+                src.seek(start)
+                left = length
+                while left:
+                    chunk = src.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise OSError(f"{info['location']}: ends before tensor '{tensor.name}' does")
+                    out.write(chunk)
+                    left -= len(chunk)
+            _point(tensor, data_path.name, offset, length)
+            offset += length
+
+
+def _point(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
+
+
+def session_from_proto(model: onnx.ModelProto, options, providers: list[str], *, keep: bool = True,
+                       tables_from: Path | None = None):
     """An ONNX Runtime session of an in-memory model: from its bytes when it is small, else from a
     temporary external-data file (past 2 GiB it cannot be serialized). With `keep` the model is left as
     it was; without, its big tensors are emptied as they are written (for a caller that drops it: the
-    table is not held by the proto and by ONNX Runtime at once)."""
+    table is not held by the proto and by ONNX Runtime at once). `tables_from`: the directory of the
+    data file the model's still-external tensors reference (`load_without_tables`); it is linked into
+    the temporary directory, not copied."""
     import onnxruntime as ort
 
-    if tensor_bytes(model) <= external_data_threshold():
+    if tensor_bytes(model) <= external_data_threshold() and not uses_external_data(model):
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     with tempfile.TemporaryDirectory(prefix="onerank-session-") as tmp:
         path = Path(tmp) / "model.onnx"
+        if tables_from is not None:
+            for name in {e.value for t in _tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL
+                         for e in t.external_data if e.key == "location"}:
+                _link_or_copy(Path(tables_from) / name, Path(tmp) / name)
         onnx.save_model(model, str(path), save_as_external_data=True, location=data_file_name(path),
                         size_threshold=TENSOR_THRESHOLD)
         try:
@@ -158,7 +224,7 @@ def session_from_proto(model: onnx.ModelProto, options, providers: list[str], *,
 
 
 @contextlib.contextmanager
-def _staging(path: Path) -> Iterator[Path]:
+def staging_dir(path: str | Path) -> Iterator[Path]:
     """A temporary directory beside `path`: the data file is written under its final name, so both
     files are staged and renamed into place only when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -200,12 +200,21 @@ def write_ort_cpu_model(source: Path, target: Path) -> Path:
     """The rewrite of `source` as a model file of its own (atomically), for servers that load a file
     as it is: Triton's ONNX Runtime backend on a CPU fleet. `onnx.checker` validates it first."""
     from onerank_export.export.metadata import model_metadata, set_model_metadata
-    from onerank_export.export.onnx_files import save_onnx
+    from onerank_export.export.onnx_files import (
+        carry_tables,
+        data_file_name,
+        load_without_tables,
+        save_onnx,
+        staging_dir,
+    )
 
-    model = rewrite_for_ort_cpu(onnx.load(str(source)), inplace=True)
+    # The rewrite never reads an embedding table: those stay in the data file and are copied file to file.
+    model = rewrite_for_ort_cpu(load_without_tables(source), inplace=True)
     set_model_metadata(model, {**model_metadata(model), REWRITE_KEY: "layernorm-as-instancenorm/1"})
     try:  # external data beside `target` when the source needed it; validated on the file either way
-        save_onnx(model, target, validate=True, infer_shapes=False)
+        with staging_dir(target) as staging:
+            carry_tables(model, Path(source).parent, staging / data_file_name(target))
+            save_onnx(model, target, validate=True, infer_shapes=False, staging=staging)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         from onerank_export.errors import StageError
 

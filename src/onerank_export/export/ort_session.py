@@ -4,6 +4,7 @@ Triton CPU model and the benchmarks, so what is verified is what is served and m
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Flush denormals to zero (FTZ/DAZ) on ONNX Runtime's threads. Masked attention scores underflow
 # exp() through the denormal range, and each denormal result costs an x86 microcode assist that
@@ -43,7 +44,7 @@ def cpu_session(model, threads: int, *, inter_op_threads: int | None = None):
     import onnx
     import onnxruntime as ort
 
-    from onerank_export.export.onnx_files import session_from_proto
+    from onerank_export.export.onnx_files import load_without_tables, session_from_proto
     from onerank_export.export.ort_cpu_graph import REWRITE_KEY, rewrite_for_ort_cpu
 
     opts = cpu_session_options(threads, inter_op_threads=inter_op_threads)
@@ -58,5 +59,7 @@ def cpu_session(model, threads: int, *, inter_op_threads: int | None = None):
         if any(p.key == REWRITE_KEY for p in head.metadata_props):
             return ort.InferenceSession(str(model), opts, providers=providers)
         del head
-        proto = onnx.load(str(model))
+        # The rewrite never reads an embedding table: ONNX Runtime reads it from the model's data file.
+        proto = rewrite_for_ort_cpu(load_without_tables(model), inplace=True)
+        return session_from_proto(proto, opts, providers, keep=False, tables_from=Path(model).parent)
     return session_from_proto(rewrite_for_ort_cpu(proto, inplace=True), opts, providers, keep=False)
