@@ -63,7 +63,7 @@ def test_the_dense_check_refuses_a_graph_that_still_holds_the_table(split_build)
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
-    ({"precisions": ("fp16",)}, "--embeddings split builds the fp32 dense graph only for now"),
+    ({"precisions": (), "engine": "require"}, "no TensorRT engine of the split dense graph yet"),
     ({"precisions": (), "user_cache": True}, "--user-cache is not available with --embeddings split yet"),
 ])
 def test_split_preflight_refuses_what_it_cannot_do_yet(tmp_path, changes, expected):

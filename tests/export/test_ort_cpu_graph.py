@@ -99,7 +99,7 @@ def test_a_model_without_layer_norm_comes_back_unchanged():
 def test_the_parity_runner_checks_the_rewritten_model_triton_serves(demo_fp32_onnx, demo_model, monkeypatch):
     calls = []
     real = ort_cpu_graph.rewrite_for_ort_cpu
-    monkeypatch.setattr(ort_cpu_graph, "rewrite_for_ort_cpu", lambda m: calls.append(m) or real(m))
+    monkeypatch.setattr(ort_cpu_graph, "rewrite_for_ort_cpu", lambda m, **kw: calls.append(m) or real(m, **kw))
     runner = OnnxRuntimeRunner(demo_fp32_onnx, threads=1)
     with runner:
         out = runner.infer(request(demo_model.cfg, 1, 9, 4, seed=2))

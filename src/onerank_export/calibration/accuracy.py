@@ -37,8 +37,7 @@ def run_onnx(model: onnx.ModelProto | bytes, requests: RequestSet, batch_size: i
     session the product serves and verifies with (`cpu_session`: the CPU rewrite and settings)."""
     from onerank_export.export.ort_session import cpu_session, default_threads
 
-    blob = model if isinstance(model, bytes) else model.SerializeToString()
-    session = cpu_session(blob, default_threads())
+    session = cpu_session(model, default_threads())
     (scores,) = spec.OUTPUT_NAMES  # the contract's one output
     return np.concatenate([session.run([scores], feed)[0] for feed in requests.batches(batch_size)])
 

@@ -31,6 +31,7 @@ from onnx import helper, numpy_helper
 from onerank_export.calibration.graph import FLOAT, FLOAT16, finalize_precision_model, initializers, tensor_types
 from onerank_export.calibration.selection import NodeChoice, fp16_plan
 from onerank_export.export.custom_op import MATCHING_SCORE
+from onerank_export.export.onnx_files import session_from_proto
 from onerank_export.export.serving_graph import MASK_FLOOR
 from onerank_export.precision import Precision
 
@@ -62,7 +63,7 @@ def activation_ranges(fp32: onnx.ModelProto, batches: Sequence[dict[str, np.ndar
                 existing.add(out)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = session_from_proto(probe, opts, ["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     stats = {n: {"absmax": 0.0, "nonfinite": 0, "flushed": 0, "nonzero": 0} for n in names}
     for feed in batches:

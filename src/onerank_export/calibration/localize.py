@@ -19,6 +19,7 @@ from onerank_export import spec
 from onerank_export.calibration.data import RequestSet
 from onerank_export.calibration.graph import initializers
 from onerank_export.calibration.result import Localization, NodeError
+from onerank_export.export.onnx_files import session_from_proto
 from onerank_export.export.ort_session import cpu_session_options, default_threads
 from onerank_export.metrics import topk_overlap
 
@@ -65,11 +66,10 @@ def build_probe(int8: onnx.ModelProto, fp32: onnx.ModelProto, nodes: list[str]) 
 def localize_int8_error(int8: onnx.ModelProto, fp32: onnx.ModelProto, nodes: list[str], requests: RequestSet,
                         topk: int) -> Localization:
     """Per quantized node: score error when only that node is quantized, largest first."""
-    import onnxruntime as ort
 
     probe, flags = build_probe(int8, fp32, nodes)
     opts = cpu_session_options(default_threads())
-    session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = session_from_proto(probe, opts, ["CPUExecutionProvider"])
     feed = dict(requests.features)
     valid = requests.valid
 

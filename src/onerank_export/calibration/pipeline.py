@@ -29,7 +29,8 @@ from onerank_export.calibration.result import (
 )
 from onerank_export.calibration.settings import CalibrationSettings
 from onerank_export.export.metadata import read_metadata
-from onerank_export.io import atomic_path, sha256_file
+from onerank_export.export.onnx_files import save_onnx
+from onerank_export.io import sha256_file
 from onerank_export.model.onerank import OneRankModel
 from onerank_export.precision import Precision
 
@@ -97,8 +98,8 @@ def calibrate(fp32_onnx: Path, model: OneRankModel, settings: CalibrationSetting
 
     passed = all(g.passed for g in gates)
     if passed:
-        with atomic_path(out) as tmp:  # `out` is complete or untouched, never half a model
-            onnx.save_model(result.proto, str(tmp))
+        # `out` is complete or untouched, never half a model; with external data past the threshold
+        save_onnx(result.proto, out)
     record = ModelRecord(Path(out), passed, sha256_file(out) if passed else None)
     seconds["total"] = time.perf_counter() - started + loaded_before
     entry = CalibrationEntry(

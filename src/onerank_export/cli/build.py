@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import click
 
 from onerank_export.calibration.settings import METHODS
 from onerank_export.cli.common import CHECKPOINT_HELP, ConsoleUI, console, existing_dir, existing_file
+from onerank_export.embeddings.limits import MODES as EMBEDDING_MODES
 from onerank_export.pipeline.options import EngineMode
 from onerank_export.precision import REDUCED
 from onerank_export.serving.profiles import PROFILES, TARGET_CHOICES
@@ -50,9 +52,12 @@ NONE = "none"
               help="In-process cache budget per model instance: bytes, or with KiB/MiB/GiB.")
 @click.option("--user-cache-redis", metavar="URL",
               help="redis:// URL of a shared cache tier across instances and hosts (default: none).")
-@click.option("--embeddings", type=click.Choice(["inline", "split", "auto"]), default="auto", show_default=True,
-              help="Item table inside the graph (inline), or in an embedding store read by a lookup model beside a "
-                   "dense graph (split; docs/embeddings.md); auto: split when the table is big.")
+@click.option("--embeddings", type=click.Choice(EMBEDDING_MODES), default="auto", show_default=True,
+              help="Where the item table lives: inline in the ONNX/TensorRT graph (external data past its threshold), "
+                   "split into an embedding store read by a lookup model beside a dense graph, or auto: split past "
+                   "--split-threshold or a TensorRT/ONNX limit (docs/embeddings.md).")
+@click.option("--split-threshold", type=str, default="256MiB", show_default=True,
+              help="--embeddings auto splits a table larger than this: bytes, or with KiB/MiB/GiB.")
 @click.option("--embedding-dtype", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="Split mode: the store's row storage (int8: row-wise, per-row scale), judged by the accuracy gates.")
 @click.option("--embedding-oov", type=click.Choice(["pad", "error"]), default="pad", show_default=True,
@@ -69,7 +74,7 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
           calibration_data: Path | None, engine: str,
           plugin_library: Path | None, triton: bool, target: str, serving_profile: str, instances: int | None,
           threads: int | None, user_cache: bool, user_cache_bytes: str, user_cache_redis: str | None,
-          embeddings: str, embedding_dtype: str, embedding_oov: str, embedding_backend: str,
+          embeddings: str, split_threshold: str, embedding_dtype: str, embedding_oov: str, embedding_backend: str,
           embedding_redis: str | None, tolerances: Path | None, force: bool, seed: int) -> int:
     """Checkpoint -> ONNX (fp32, fp16, int8) -> parity -> TensorRT engines -> Triton repository + manifest."""
     from onerank_export.parity.verify import load_tolerances
@@ -81,8 +86,6 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
     if NONE in precisions and len(set(precisions)) > 1:
         raise click.BadParameter("'none' cannot be combined with other precisions", param_hint="--precision")
     chosen = REDUCED if not precisions else tuple(p for p in REDUCED if p.value in precisions)
-    if embeddings == "split" and not precisions:  # split mode builds the fp32 dense graph only, for now
-        chosen = ()
     options = BuildOptions(out=out, checkpoint=checkpoint, precisions=chosen, engine=engine,
                            plugin_library=plugin_library, triton=triton, calibration_method=calibration_method,
                            calibration_data=calibration_data, tolerances=load_tolerances(tolerances), force=force,
@@ -90,9 +93,19 @@ def build(checkpoint: Path | None, out: Path, precisions: tuple[str, ...], calib
                            threads=threads, user_cache=user_cache, user_cache_redis=user_cache_redis,
                            user_cache_bytes=CacheSettings.from_parameters(
                                {"user_cache_bytes": user_cache_bytes}).max_bytes,
-                           embeddings=embeddings, embedding_dtype=embedding_dtype, embedding_oov=embedding_oov,
+                           embeddings=embeddings, split_threshold=_bytes(split_threshold, "--split-threshold"),
+                           embedding_dtype=embedding_dtype, embedding_oov=embedding_oov,
                            embedding_backend=embedding_backend, embedding_redis=embedding_redis)
     outcome = run_build(options, ConsoleUI())
     verdict = "[green]passed[/]" if outcome.passed else "[bold red]FAILED[/]"
     console.print(f"build {verdict} in {time.perf_counter() - started:.0f} s: {outcome.out}/manifest.json")
     return 0 if outcome.passed else 1
+
+
+def _bytes(text: str, option: str) -> int:
+    """'256MiB' -> 268435456 (bytes, or a number with KiB/MiB/GiB)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*", text)
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a size: use bytes or a number with KiB, MiB or GiB (e.g. 256MiB)",
+                                 param_hint=option)
+    return int(match[1]) << {None: 0, "B": 0, "KiB": 10, "MiB": 20, "GiB": 30}[match[2]]

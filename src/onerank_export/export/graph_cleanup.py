@@ -47,26 +47,34 @@ def fold_initializer_transposes(graph: onnx.GraphProto) -> None:
         keep.append(node)
     del graph.node[:]
     graph.node.extend(keep)
-    unused = {name for name, count in consumers.items() if count <= 0 and name in inits}
-    remaining = [i for i in graph.initializer if i.name not in unused]
-    del graph.initializer[:]
-    graph.initializer.extend(remaining)
+    _remove_initializers(graph, {name for name, count in consumers.items() if count <= 0 and name in inits})
+
+
+def _remove_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Delete in place: rebuilding the repeated field would copy every initializer, the item table too."""
+    for index in reversed(range(len(graph.initializer))):
+        if graph.initializer[index].name in names:
+            del graph.initializer[index]
 
 
 def dedupe_initializers(graph: onnx.GraphProto) -> None:
     """One initializer per distinct constant: a weight used by two MatMuls (user and candidate
     paths of a layer) must be stored, and quantized, once."""
+    # Bytes are compared only among tensors of one type and shape: the item table (gigabytes, shape
+    # of its own) is never copied out of the proto for a key.
+    by_shape: Counter[tuple] = Counter((i.data_type, tuple(i.dims)) for i in graph.initializer)
     canonical: dict[tuple, str] = {}
     renames: dict[str, str] = {}
     for init in sorted(graph.initializer, key=lambda i: (bool(re.fullmatch(r"val_\d+", i.name)), i.name)):
-        key = (init.data_type, tuple(init.dims), numpy_helper.to_array(init).tobytes())
+        shape_key = (init.data_type, tuple(init.dims))
+        if by_shape[shape_key] == 1 or init.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # unique, or a table already streamed to the data file (onnx_export.stream_tables)
+        key = (*shape_key, numpy_helper.to_array(init).tobytes())
         if key in canonical:
             renames[init.name] = canonical[key]
         else:
             canonical[key] = init.name
-    kept = [i for i in graph.initializer if i.name not in renames]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _remove_initializers(graph, set(renames))
     for node in graph.node:
         for i, x in enumerate(node.input):
             node.input[i] = renames.get(x, x)

@@ -24,8 +24,8 @@ from onerank_export.export.custom_op import MATCHING_SCORE, reference_function
 from onerank_export.export.graph_cleanup import clean_graph
 from onerank_export.export.metadata import GRAPH_KEY, OnnxMetadata
 from onerank_export.export.onnx_config import ONERANK_ONNX_CONFIG, OneRankOnnxConfig
+from onerank_export.export.onnx_files import data_file_name, external_data_threshold, save_onnx, staging_dir
 from onerank_export.export.serving_graph import ServingGraph
-from onerank_export.io import atomic_path
 from onerank_export.model.onerank import OneRankModel
 from onerank_export.precision import Precision
 
@@ -68,19 +68,58 @@ def export_onnx(model: OneRankModel, path: str | Path, *, checkpoint_sha256: str
     other = {} if export_config.role == "serving" else {GRAPH_KEY: export_config.role}
     metadata = OnnxMetadata(config_json=cfg.to_json(), checkpoint_sha256=checkpoint_sha256,
                             precision=Precision.FP32, other=other)
-    proto = finalize(program.model_proto, export_config.opset, metadata, role=export_config.role,
-                     matching_score_nodes=export_config.matching_score_nodes)
-    if export_config.role == "dense":
-        _check_no_item_table(proto, cfg.item_vocab_size)
-    with atomic_path(path) as tmp:
-        onnx.save_model(proto, str(tmp))
-    custom = sum(1 for n in proto.graph.node if n.domain == MATCHING_SCORE.domain)
-    return ExportedModel(path, export_config.opset, len(proto.graph.node), custom)
+    with staging_dir(path) as staging:
+        threshold = external_data_threshold()
+        big = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
+                  if v.const_value is not None) > threshold
+        if big:  # the tables go from the model's tensors straight to the data file, never into the proto
+            stream_tables(program.model, staging / data_file_name(path), min(threshold, STREAM_BYTES))
+        proto = program.model_proto
+        del program
+        proto = finalize(proto, export_config.opset, metadata, role=export_config.role,
+                         matching_score_nodes=export_config.matching_score_nodes, validate=not big)
+        if export_config.role == "dense":
+            _check_no_item_table(proto, cfg.item_vocab_size)
+        custom = sum(1 for n in proto.graph.node if n.domain == MATCHING_SCORE.domain)
+        num_nodes = len(proto.graph.node)
+        try:  # past the threshold: external data, validated on the file (no 2 GiB message is ever made)
+            save_onnx(proto, path, validate=big, staging=staging)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise StageError(f"exported ONNX failed validation: {str(exc).splitlines()[0]}") from exc
+    return ExportedModel(path, export_config.opset, num_nodes, custom)
+
+
+STREAM_BYTES = 1 << 20  # embedding tables at least this big (or the lowered threshold) are streamed
+
+
+def stream_tables(model, data_path: Path, min_bytes: int) -> None:
+    """Write every embedding table (an initializer read only as a Gather's data) of at least
+    `min_bytes` to `data_path` from the tensor's own memory (torch -> numpy shares it) and make the IR
+    reference it as external data: serializing the model then copies no table bytes. `save_onnx`
+    appends the other tensors to the same file."""
+    import onnx_ir as ir
+
+    readers: dict[str, set[tuple[str, int]]] = {}
+    for node in model.graph:
+        for index, value in enumerate(node.inputs):
+            if value is not None and value.name in model.graph.initializers:
+                readers.setdefault(value.name, set()).add((node.op_type, index))
+    offset = 0
+    with open(data_path, "wb") as f:
+        for name, value in model.graph.initializers.items():
+            tensor = value.const_value
+            if tensor is None or tensor.nbytes < min_bytes or readers.get(name) != {("Gather", 0)}:
+                continue
+            array = tensor.numpy()
+            array.tofile(f)  # contiguous: written from the tensor's memory, no copy
+            value.const_value = ir.ExternalTensor(data_path.name, offset, array.nbytes, tensor.dtype,
+                                                  shape=tensor.shape, name=name, base_dir=data_path.parent)
+            offset += array.nbytes
 
 
 def finalize(proto: onnx.ModelProto, opset: int, metadata: OnnxMetadata, *, role: str = "serving",
-             matching_score_nodes: int = 1) -> onnx.ModelProto:
-    """Add the FunctionProto, readable names and metadata; validate."""
+             matching_score_nodes: int = 1, validate: bool = True) -> onnx.ModelProto:
+    """Add the FunctionProto, readable names and metadata; validate (in memory: under 2 GiB only)."""
     custom = [n for n in proto.graph.node if n.domain == MATCHING_SCORE.domain]
     if len(custom) != matching_score_nodes or any(n.op_type != MATCHING_SCORE.op_type for n in custom):
         raise StageError(f"export of the {role} graph produced {len(custom)} {MATCHING_SCORE.domain} nodes, "
@@ -97,6 +136,8 @@ def finalize(proto: onnx.ModelProto, opset: int, metadata: OnnxMetadata, *, role
     proto.producer_version = __version__
     proto.doc_string = DOC_STRINGS[role]
     metadata.apply(proto)
+    if not validate:
+        return proto
     try:
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)

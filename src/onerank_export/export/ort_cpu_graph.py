@@ -26,13 +26,17 @@ from onnx import TensorProto, helper, numpy_helper
 _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
-def rewrite_for_ort_cpu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` with every float LayerNormalization over the last axis in
+def rewrite_for_ort_cpu(model: onnx.ModelProto, *, inplace: bool = False) -> onnx.ModelProto:
+    """A copy of `model` (`inplace`: the model itself, for callers that drop the original: no second
+    copy of the item table) with every float LayerNormalization over the last axis in
     InstanceNormalization form, gamma/beta folded where a linear layer follows (module doc).
     Other nodes are untouched; a model without such a node, or with subgraphs (If/Loop/Scan
     bodies may read any tensor), comes back unchanged."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    if inplace:
+        out = model
+    else:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     g = out.graph
     if any(a.type in _GRAPH_ATTRS for node in g.node for a in node.attribute):
         return out
@@ -89,9 +93,9 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto) -> onnx.ModelProto:
     g.initializer.extend(new_inits.values())
     # Weights replaced by their folded copies would otherwise stay loaded next to them.
     used = {name for node in g.node for name in node.input} | graph_outputs | overridable
-    kept = [init for init in g.initializer if init.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept)
+    for index in reversed(range(len(g.initializer))):  # in place: a rebuilt list would copy the item table
+        if g.initializer[index].name not in used:
+            del g.initializer[index]
     return out
 
 
@@ -196,16 +200,23 @@ def write_ort_cpu_model(source: Path, target: Path) -> Path:
     """The rewrite of `source` as a model file of its own (atomically), for servers that load a file
     as it is: Triton's ONNX Runtime backend on a CPU fleet. `onnx.checker` validates it first."""
     from onerank_export.export.metadata import model_metadata, set_model_metadata
-    from onerank_export.io import atomic_path
+    from onerank_export.export.onnx_files import (
+        carry_tables,
+        data_file_name,
+        load_without_tables,
+        save_onnx,
+        staging_dir,
+    )
 
-    model = rewrite_for_ort_cpu(onnx.load(str(source)))
+    # The rewrite never reads an embedding table: those stay in the data file and are copied file to file.
+    model = rewrite_for_ort_cpu(load_without_tables(source), inplace=True)
     set_model_metadata(model, {**model_metadata(model), REWRITE_KEY: "layernorm-as-instancenorm/1"})
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
+    try:  # external data beside `target` when the source needed it; validated on the file either way
+        with staging_dir(target) as staging:
+            carry_tables(model, Path(source).parent, staging / data_file_name(target))
+            save_onnx(model, target, validate=True, infer_shapes=False, staging=staging)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         from onerank_export.errors import StageError
 
         raise StageError(f"{source}: the CPU rewrite is not a valid model ({str(exc).splitlines()[0]})") from None
-    with atomic_path(target) as tmp:
-        onnx.save_model(model, str(tmp))
     return target

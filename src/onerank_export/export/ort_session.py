@@ -4,6 +4,7 @@ Triton CPU model and the benchmarks, so what is verified is what is served and m
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Flush denormals to zero (FTZ/DAZ) on ONNX Runtime's threads. Masked attention scores underflow
 # exp() through the denormal range, and each denormal result costs an x86 microcode assist that
@@ -39,14 +40,30 @@ def cpu_session_options(threads: int, *, inter_op_threads: int | None = None, sp
 
 
 def cpu_session(model, threads: int, *, inter_op_threads: int | None = None, spinning: bool = True):
-    """An ONNX Runtime CPU session for `model` (a path or serialized bytes) after the exact CPU
-    rewrite of export/ort_cpu_graph.py: the one way the product runs a model on the CPU."""
+    """An ONNX Runtime CPU session for `model` (a path, serialized bytes or a ModelProto) after the exact CPU
+    rewrite of export/ort_cpu_graph.py: the one way the product runs a model on the CPU.
+
+    A file already written after the rewrite (the cpu onnx stage's, a CPU repository's) is opened as
+    it is, from its path: no copy of its weights in Python, external data read by ONNX Runtime."""
     import onnx
     import onnxruntime as ort
 
-    from onerank_export.export.ort_cpu_graph import rewrite_for_ort_cpu
+    from onerank_export.export.onnx_files import load_without_tables, session_from_proto
+    from onerank_export.export.ort_cpu_graph import REWRITE_KEY, rewrite_for_ort_cpu
 
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
-    blob = rewrite_for_ort_cpu(proto).SerializeToString()
     opts = cpu_session_options(threads, inter_op_threads=inter_op_threads, spinning=spinning)
-    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if isinstance(model, onnx.ModelProto):
+        proto = rewrite_for_ort_cpu(model)  # a copy: the caller keeps its model
+        return session_from_proto(proto, opts, providers)
+    if isinstance(model, bytes):
+        proto = onnx.load_from_string(model)
+    else:
+        head = onnx.load(str(model), load_external_data=False)
+        if any(p.key == REWRITE_KEY for p in head.metadata_props):
+            return ort.InferenceSession(str(model), opts, providers=providers)
+        del head
+        # The rewrite never reads an embedding table: ONNX Runtime reads it from the model's data file.
+        proto = rewrite_for_ort_cpu(load_without_tables(model), inplace=True)
+        return session_from_proto(proto, opts, providers, keep=False, tables_from=Path(model).parent)
+    return session_from_proto(rewrite_for_ort_cpu(proto, inplace=True), opts, providers, keep=False)

@@ -52,7 +52,10 @@ def load_checkpoint(directory: str | Path) -> OneRankModel:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({first}); "
                               "re-export the checkpoint") from None
-    model = OneRankModel(cfg)
+    # Built on the meta device and given the checkpoint's tensors (assign): the item table is held once,
+    # as read, never initialised and then overwritten (two copies of gigabytes at 10^7 rows).
+    with torch.device("meta"):
+        model = OneRankModel(cfg)
     expected = model.state_dict()
     for name, ref in expected.items():
         if name not in state:
@@ -64,14 +67,26 @@ def load_checkpoint(directory: str | Path) -> OneRankModel:
                                   f"implies {list(ref.shape)}; the weights do not match config.json")
         if got.dtype != ref.dtype:
             raise CheckpointError(f"{weights_path}: tensor '{name}' has dtype {got.dtype}, expected {ref.dtype}")
-        if got.is_floating_point() and not torch.isfinite(got).all():
+        if got.is_floating_point() and not _all_finite(got):
             raise CheckpointError(f"{weights_path}: tensor '{name}' contains NaN or Inf")
     extra = sorted(set(state) - set(expected))
     if extra:
         raise CheckpointError(f"{weights_path}: unexpected tensor '{extra[0]}' not used by config.json; "
                               "is this a checkpoint of another model?")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
+    del state
+    # Non-persistent buffers (derived from the config, not saved) from a model without the big table.
+    small = OneRankModel(cfg.replace(item_vocab_size=2))
+    for name, buffer in small.named_buffers():
+        module, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(module), leaf, buffer)
     return model.eval()
+
+
+def _all_finite(tensor: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """torch.isfinite in chunks: its bool mask of a whole table would be another quarter of it."""
+    flat = tensor.reshape(-1)
+    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
 
 
 def checkpoint_digest(directory: str | Path) -> str:
@@ -79,7 +94,9 @@ def checkpoint_digest(directory: str | Path) -> str:
     directory = _checkpoint_dir(directory)
     h = hashlib.sha256()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
-        h.update((directory / name).read_bytes())
+        with open(directory / name, "rb") as f:  # streamed: the weights are gigabytes at 10^7 rows
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 

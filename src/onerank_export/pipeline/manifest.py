@@ -34,8 +34,10 @@ def library_versions() -> dict[str, str | None]:
 
 
 def build_manifest(out_dir: Path, config: OneRankConfig, checkpoint: dict[str, Any], options: dict[str, Any],
-                   stages: list[StageResult]) -> dict[str, Any]:
-    """The manifest for a build whose files live under `out_dir` (paths recorded relative to it)."""
+                   stages: list[StageResult], **blocks: dict[str, Any]) -> dict[str, Any]:
+    """The manifest for a build whose files live under `out_dir` (paths recorded relative to it);
+    `blocks` are further top-level records (embeddings, memory)."""
+    digest = _hasher()
     artifacts = []
     stage_rows = []
     for st in stages:
@@ -44,7 +46,7 @@ def build_manifest(out_dir: Path, config: OneRankConfig, checkpoint: dict[str, A
             path = Path(path)
             if not path.is_file():  # never list what does not exist
                 raise AssertionError(f"stage {st.name} lists {path} which does not exist")
-            rows.append({"role": role, "path": str(path.relative_to(out_dir)), "sha256": sha256_file(path),
+            rows.append({"role": role, "path": str(path.relative_to(out_dir)), "sha256": digest(path),
                          "bytes": path.stat().st_size})
         artifacts += [{**r, "stage": st.name} for r in rows]
         stage_rows.append({"name": st.name, "status": st.status.value, "verdict": st.verdict, "detail": st.detail,
@@ -61,4 +63,45 @@ def build_manifest(out_dir: Path, config: OneRankConfig, checkpoint: dict[str, A
         "passed": all(st.status is not Status.FAILED for st in stages),
         "stages": stage_rows,
         "artifacts": artifacts,
+        **blocks,
     }
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def memory_record(config: OneRankConfig, after_stage: dict[str, int] | None = None) -> dict[str, Any]:
+    """Peak resident memory of this process and of its largest child (a compiler, a server), the larger
+    of the two as the build's peak, the high-water mark after each stage (the stage that raised it is
+    the one to look at), and the big tables' bytes. Not their sum: Linux keeps a process's high-water
+    mark across fork and exec, so any child reports at least the build's size when it was started
+    (docs/embeddings.md#memory)."""
+    import resource
+    import sys
+
+    from onerank_export.embeddings.limits import big_tables
+
+    own = peak_rss()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return {"peak_rss_bytes": max(own, children), "peak_rss_self_bytes": own, "peak_rss_children_bytes": children,
+            "peak_rss_after_stage": dict(after_stage or {}),
+            "table_bytes": {t.name: t.bytes for t in big_tables(config)}}
+
+
+def _hasher():
+    """sha256_file, once per file: a repository's hard-linked data file is the same gigabytes as the build's."""
+    seen: dict[tuple[int, int, int, int], str] = {}
+
+    def digest(path: Path) -> str:
+        st = path.stat()
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in seen:
+            seen[key] = sha256_file(path)
+        return seen[key]
+
+    return digest

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from onerank_export.calibration.settings import METHODS
+from onerank_export.embeddings.limits import MODES as EMBEDDING_MODES
+from onerank_export.embeddings.limits import SPLIT_THRESHOLD_BYTES
 from onerank_export.errors import ConfigError, StageError
 from onerank_export.precision import REDUCED, Precision, Tolerance
 
@@ -53,9 +55,10 @@ class BuildOptions:
     user_cache: bool = False
     user_cache_bytes: int = 512 << 20  # the in-process tier's budget per model instance
     user_cache_redis: str | None = None  # redis:// URL of the shared tier, written into the model config
-    # Where the item table lives (docs/embeddings.md): inline (inside the graph), split (the embedding
-    # store + a dense graph taking looked-up rows), auto (split when the table is big).
+    # Where the item table lives (docs/embeddings.md): inline in the graph, split out into an embedding
+    # store + a dense graph taking looked-up rows, or auto (split when embeddings/limits.py needs_split says so).
     embeddings: str = "auto"
+    split_threshold: int = SPLIT_THRESHOLD_BYTES
     embedding_dtype: str = "fp32"  # split mode: the store's row storage, fp32 | fp16 | int8 (row-wise)
     embedding_oov: str = "pad"  # split mode: ids outside the table -> the pad row, or an error
     # split mode: where the served lookup reads rows: the memory-mapped store (mmap), or Redis (redis: the store
@@ -68,7 +71,7 @@ class BuildOptions:
         object.__setattr__(self, "precisions", tuple(Precision.parse(p) for p in self.precisions))
         object.__setattr__(self, "engine", EngineMode.parse(self.engine))
         object.__setattr__(self, "tolerances", {Precision.parse(p): t for p, t in self.tolerances.items()})
-        for name, value, allowed in (("--embeddings", self.embeddings, ("inline", "split", "auto")),
+        for name, value, allowed in (("--embeddings", self.embeddings, EMBEDDING_MODES),
                                      ("--embedding-dtype", self.embedding_dtype, ("fp32", "fp16", "int8")),
                                      ("--embedding-oov", self.embedding_oov, ("pad", "error")),
                                      ("--embedding-backend", self.embedding_backend, ("mmap", "redis"))):
@@ -95,7 +98,8 @@ class BuildOptions:
                 "threads": self.threads, "user_cache": self.user_cache,
                 "user_cache_bytes": self.user_cache_bytes if self.user_cache else None,
                 "user_cache_redis": _without_password(self.user_cache_redis) if self.user_cache else None,
-                "embeddings": self.embeddings, "embedding_dtype": self.embedding_dtype,
+                "embeddings": self.embeddings, "split_threshold": self.split_threshold,
+                "embedding_dtype": self.embedding_dtype,
                 "embedding_oov": self.embedding_oov, "embedding_backend": self.embedding_backend,
                 "embedding_redis": _without_password(self.embedding_redis)}
 

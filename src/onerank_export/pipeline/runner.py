@@ -15,7 +15,8 @@ from pathlib import Path
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import OneRankError
 from onerank_export.io import write_json
-from onerank_export.pipeline.manifest import build_manifest
+from onerank_export.pipeline.embeddings_mode import plan_embeddings
+from onerank_export.pipeline.manifest import build_manifest, memory_record, peak_rss
 from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages import plan_stages
@@ -42,6 +43,7 @@ def preflight(options: BuildOptions, stages: list[Stage] | None = None) -> list[
     The demo checkpoint's config is the default config, so this runs before it is trained."""
     check_output_dir(options.out, options.force)
     config = checkpoint_config(options.checkpoint)
+    plan_embeddings(options, config)  # the table limits: refused here, from config.json alone
     stages = plan_stages(options, config) if stages is None else stages  # --embeddings auto reads the config
     _check_plan(stages)
     for stage in stages:
@@ -59,10 +61,16 @@ def build(options: BuildOptions, ui: BuildUI | None = None, *, stages: list[Stag
         for gone in work.removed:
             ui.note(f"removed {gone.name}, left by a build that did not finish")
         state = BuildState(options, checkpoint, work.path)
-        results = [_run_stage(stage, state, i, len(stages), ui) for i, stage in enumerate(stages, start=1)]
+        results, rss_after = [], {}
+        for i, stage in enumerate(stages, start=1):
+            results.append(_run_stage(stage, state, i, len(stages), ui))
+            rss_after[stage.name] = peak_rss()  # the high-water mark so far: which stage raised it
         record = {"path": str(checkpoint),
                   "source": options.checkpoint_source, "sha256": state.checkpoint_sha256}
-        manifest = build_manifest(work.path, state.config, record, options.describe(), results)
+        config = checkpoint_config(options.checkpoint)
+        manifest = build_manifest(work.path, state.config, record, options.describe(), results,
+                                  embeddings=plan_embeddings(options, config).describe(),
+                                  memory=memory_record(config, rss_after))
         write_json(work.path / MANIFEST, manifest)
         work.commit()
     return BuildOutcome(work.out, results, manifest)

@@ -26,6 +26,7 @@ import numpy as np
 
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import StageError
+from onerank_export.export.onnx_files import copy_model
 from onerank_export.io import sha256_file, write_text
 from onerank_export.serving import model_config as mcfg
 from onerank_export.serving.parameters import (
@@ -267,8 +268,14 @@ def _write_model(model_dir: Path, cfg, files: dict[str, Path]) -> dict[str, Path
     version.mkdir(parents=True, exist_ok=True)
     out = {}
     for target, source in files.items():
-        shutil.copyfile(source, version / target)
-        out[f"triton_{cfg.name}_{Path(target).stem}"] = version / target
+        role = f"triton_{cfg.name}_{Path(target).stem}"
+        if target.endswith(".onnx"):  # with its external data file, which the backend reads beside it
+            written = copy_model(source, version / target)
+            for i, data in enumerate(p for name, p in written.items() if name != target):
+                out[f"{role}_data" + (f"_{i}" if i else "")] = data
+        else:
+            shutil.copyfile(source, version / target)
+        out[role] = version / target
     text = mcfg.to_text(cfg)
     path = write_text(model_dir / "config.pbtxt", text)
     if mcfg.read_config(path) != cfg:  # the schema round trip must be lossless

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
-from onerank_export.pipeline.stages.export import ONNX_DIR, onnx_file_name
+from onerank_export.pipeline.stages.export import ONNX_DIR, onnx_artifacts, onnx_file_name
 from onerank_export.pipeline.state import ONNX, ONNX_CPU, BuildState
 from onerank_export.serving.profiles import ServingPlan, Target
 
@@ -32,7 +32,7 @@ class CpuOnnxStage(Stage):
         for precision, source in state.onnx.items():
             path = write_ort_cpu_model(source, state.work / ONNX_DIR / onnx_file_name(precision, "cpu"))
             state.onnx_cpu[precision] = path
-            artifacts[f"onnx_cpu_{precision}"] = path
+            artifacts |= onnx_artifacts(f"onnx_cpu_{precision}", path)
         return StageResult(self.name, Status.OK,
                            f"{', '.join(p.value for p in state.onnx_cpu)}: LayerNormalization as InstanceNormalization "
                            "with gamma/beta folded, for Triton's ONNX Runtime backend on CPUs", artifacts,

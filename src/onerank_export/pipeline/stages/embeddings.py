@@ -26,14 +26,16 @@ from onerank_export.precision import Precision
 
 DENSE_ONNX = "onerank.dense.fp32.onnx"
 # --embeddings auto: split past this many bytes of fp32 item table (docs/embeddings.md)
-AUTO_SPLIT_BYTES = 256 << 20
 _STORE_PRECISION = {"fp16": Precision.FP16, "int8": Precision.INT8}
 
 
 def split_mode(options: BuildOptions, config: OneRankConfig | None) -> bool:
-    if options.embeddings != "auto":
+    """The one decision (pipeline/embeddings_mode.py): the option, or auto's threshold and limits."""
+    if config is None:
         return options.embeddings == "split"
-    return config is not None and config.item_vocab_size * config.d_model * 4 > AUTO_SPLIT_BYTES
+    from onerank_export.pipeline.embeddings_mode import plan_embeddings
+
+    return plan_embeddings(options, config).mode == "split"
 
 
 class EmbeddingsStage(Stage):
@@ -45,10 +47,6 @@ class EmbeddingsStage(Stage):
     critical = True  # the repository and parity serve and check these
 
     def preflight(self, options: BuildOptions, config: OneRankConfig) -> None:
-        if options.precisions:
-            raise StageError(f"--embeddings split builds the fp32 dense graph only for now (reduced-precision dense "
-                             f"graphs need looked-up rows in their calibration runs); pass --precision none, "
-                             f"and --embedding-dtype {'|'.join(_STORE_PRECISION)} for a reduced store")
         if options.user_cache:
             raise StageError("--user-cache is not available with --embeddings split yet (the user encoder would "
                              "need the looked-up rows too); build with --embeddings inline for the cache")

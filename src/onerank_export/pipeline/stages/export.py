@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
 from onerank_export.pipeline.state import MODEL, ONNX, BuildState
@@ -13,6 +15,15 @@ ONNX_DIR = "onnx"
 def onnx_file_name(precision: Precision, variant: str = "") -> str:
     """onnx/onerank.<precision>[.<variant>].onnx, e.g. the CPU rewrite's `onerank.fp32.cpu.onnx`."""
     return f"onerank.{Precision(precision).value}{'.' + variant if variant else ''}.onnx"
+
+
+def onnx_artifacts(role: str, path: Path) -> dict[str, Path]:
+    """The manifest roles of a model file and its external data file, if it has one
+    (`onnx_fp32`, `onnx_fp32_data`): both are hashed, neither can change unnoticed."""
+    from onerank_export.export.onnx_files import data_files
+
+    data = data_files(path)
+    return {role: path, **{f"{role}_data" + (f"_{i}" if i else ""): d for i, d in enumerate(data)}}
 
 
 class ExportStage(Stage):
@@ -30,6 +41,6 @@ class ExportStage(Stage):
         return StageResult(self.name, Status.OK,
                            f"opset {result.opset}, {result.num_nodes} nodes, {result.custom_nodes} "
                            "onerank::MatchingScore, onnx.checker full pass",
-                           artifacts={"onnx_fp32": path},
+                           artifacts=onnx_artifacts("onnx_fp32", path),
                            metrics={"opset": result.opset, "nodes": result.num_nodes,
                                     "custom_nodes": result.custom_nodes})

@@ -17,7 +17,7 @@ from onerank_export.config import OneRankConfig
 from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
-from onerank_export.pipeline.stages.export import ONNX_DIR, onnx_file_name
+from onerank_export.pipeline.stages.export import ONNX_DIR, onnx_artifacts, onnx_file_name
 from onerank_export.pipeline.stages.parity import REPORTS_DIR
 from onerank_export.pipeline.state import MODEL, ONNX, BuildState
 from onerank_export.precision import Precision
@@ -72,6 +72,10 @@ class PrecisionStage(Stage):
     def run(self, state: BuildState) -> StageResult:
         from onerank_export.calibration.pipeline import calibrate
 
+        if state.split is not None:  # no inline graph to convert; the store's precision is --embedding-dtype
+            return StageResult.skipped(self.name, "split mode builds the fp32 dense graph only for now (a reduced "
+                                       "dense graph needs looked-up rows in its calibration runs); "
+                                       "--embedding-dtype fp16|int8 reduces the store")
         options = state.options
         settings = self.settings(options)
         sets = self.inputs.get(state.config, settings, options.calibration_data)
@@ -80,7 +84,7 @@ class PrecisionStage(Stage):
                             report_dir=state.work / REPORTS_DIR, sets=sets)
         artifacts = {"calibration_report": outcome.report_path, "calibration_plot": outcome.plot_path}
         if outcome.model_path is not None:
-            artifacts[f"onnx_{self.precision}"] = outcome.model_path
+            artifacts |= onnx_artifacts(f"onnx_{self.precision}", outcome.model_path)
             state.onnx[self.precision] = outcome.model_path
         entry = outcome.entry
         acc = entry.accuracy
