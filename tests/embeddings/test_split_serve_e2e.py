@@ -31,7 +31,8 @@ def test_split_build_serves_the_ensemble_within_1e6_and_refuses_ids_past_the_tab
     assert code == 0, capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     stages = {s["name"]: s for s in manifest["stages"]}
-    assert list(stages) == ["checkpoint", "embeddings", "triton", "parity"]
+    assert list(stages) == ["checkpoint", "embeddings", "fp16", "int8", "triton", "parity"]
+    assert all(stages[p]["status"] == "skipped" and "split mode" in stages[p]["verdict"] for p in ("fp16", "int8"))
     assert stages["parity"]["metrics"]["max_abs"]["split-fp32[fp32]"] <= 1e-6
     repo = resolve_repository(out)
     # one store, referenced (not copied) by the lookup model

@@ -40,7 +40,8 @@ def plan_stages(options: BuildOptions, config: OneRankConfig | None = None) -> l
         target, why = choose_target(options.target)
         plan = serving_plan(target, why, options.serving_profile, instances=options.instances,
                             threads=options.threads)
-    if split:  # the store + dense graph; reduced precisions, engines and the cache: not yet (EmbeddingsStage)
+    if split:  # the store + dense graph; engines and the cache: not yet (EmbeddingsStage); fp16/int8 say skipped
+        stages += [PrecisionStage(p, inputs) for p in options.precisions]
         return [*stages, *([TritonStage(plan)] if plan is not None else []), ParityStage()]
     if options.user_cache:
         stages.append(UserCacheStage(plan.target if plan is not None else None))
