@@ -354,6 +354,7 @@ class ClusterNode(RedisServer):
         return [*super().command(), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
 
 
+@pytest.mark.slow  # three redis-server processes forming a cluster, ~9 s
 def test_push_and_lookup_through_a_three_shard_redis_cluster(stores):
     nodes = [ClusterNode() for _ in range(3)]
     try:

@@ -26,6 +26,8 @@ from onerank_export.serving.backend_rules import check_repository
 from onerank_export.serving.profiles import Target, serving_plan
 from onerank_export.serving.repository import write_model_repository
 
+pytestmark = pytest.mark.slow  # exports with external data (~15 s); the full suite (CI) runs them
+
 SMALL = 4096  # bytes: the tiny model (~140 KB of tensors) goes external, as a 2 GB one would
 
 
