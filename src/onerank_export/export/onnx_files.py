@@ -56,7 +56,7 @@ def data_file_name(path: str | Path) -> str:
 def tensor_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the model's tensor data, from dims and types (nothing is copied or serialized)."""
     total = 0
-    for tensor in _tensors(model.graph):
+    for tensor in graph_tensors(model.graph):
         count = 1
         for dim in tensor.dims:
             count *= dim
@@ -69,7 +69,7 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph))
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph_tensors(model.graph))
 
 
 def save_onnx(model: onnx.ModelProto, path: str | Path, *, threshold: int | None = None,
@@ -108,7 +108,7 @@ def data_files(path: str | Path) -> list[Path]:
     """The external data files a model file references (none for a single-file model), sorted."""
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
-    names = {e.value for t in _tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL
+    names = {e.value for t in graph_tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL
              for e in t.external_data if e.key == "location"}
     return sorted(path.parent / n for n in names)
 
@@ -147,7 +147,7 @@ def load_without_tables(path: str | Path) -> onnx.ModelProto:
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
     tables = gather_tables(model)
-    for tensor in _tensors(model.graph):
+    for tensor in graph_tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name not in tables:
             onnx.external_data_helper.load_external_data_for_tensor(tensor, str(path.parent))
             tensor.data_location = onnx.TensorProto.DEFAULT
@@ -172,7 +172,7 @@ def carry_tables(model: onnx.ModelProto, source_dir: str | Path, data_path: Path
     chunks, and point the tensor there: a file copy, never the table in memory."""
     offset = data_path.stat().st_size if data_path.exists() else 0
     with open(data_path, "ab") as out:
-        for tensor in _tensors(model.graph):
+        for tensor in graph_tensors(model.graph):
             if tensor.data_location != onnx.TensorProto.EXTERNAL:
                 continue
             info = {e.key: e.value for e in tensor.external_data}
@@ -211,7 +211,7 @@ def session_from_proto(model: onnx.ModelProto, options, providers: list[str], *,
     with tempfile.TemporaryDirectory(prefix="onerank-session-") as tmp:
         path = Path(tmp) / "model.onnx"
         if tables_from is not None:
-            for name in {e.value for t in _tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL
+            for name in {e.value for t in graph_tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL
                          for e in t.external_data if e.key == "location"}:
                 _link_or_copy(Path(tables_from) / name, Path(tmp) / name)
         onnx.save_model(model, str(path), save_as_external_data=True, location=data_file_name(path),
@@ -249,7 +249,8 @@ def _publish(tmp: Path, path: Path, external: bool) -> None:
     os.replace(tmp / path.name, path)
 
 
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+def graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers and attribute tensors, subgraphs included."""
     yield from graph.initializer
     for node in graph.node:
         for attr in node.attribute:
@@ -257,6 +258,6 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield attr.t
             yield from attr.tensors
             if attr.HasField("g"):
-                yield from _tensors(attr.g)
+                yield from graph_tensors(attr.g)
             for sub in attr.graphs:
-                yield from _tensors(sub)
+                yield from graph_tensors(sub)

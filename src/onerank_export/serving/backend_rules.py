@@ -22,6 +22,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from onerank_export.errors import ConfigError
+from onerank_export.export.onnx_files import graph_tensors
 from onerank_export.serving import ort_backend as ortb
 from onerank_export.serving.model_config import read_config, warmup_nbytes
 from onerank_export.serving.parameters import (
@@ -241,7 +242,7 @@ def _external_data_rules(path: Path, bad) -> None:
     except Exception as exc:  # protobuf raises DecodeError and others for a file that is not ONNX
         bad("model-file", f"{path.name} is not a readable ONNX model ({type(exc).__name__})", "copy the real model")
         return
-    for tensor in _tensors(model.graph):
+    for tensor in graph_tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -255,17 +256,6 @@ def _external_data_rules(path: Path, bad) -> None:
             return  # one line per missing file is enough: the other tensors usually share it
 
 
-def _tensors(graph):
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _tensors(sub)
 
 
 def _warmup_rules(model_dir: Path, cfg: mc.ModelConfig, bad) -> None:

@@ -14,12 +14,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from onerank_export.errors import StageError
-from onerank_export.serving.server import LOOPBACK, _stop_with_parent, free_port
+from onerank_export.serving.server import LOOPBACK, free_port, spawn_service
 
 SHUTDOWN_GRACE_S = 2.0  # SHUTDOWN NOSAVE returns at once here (no persistence); then SIGTERM, then SIGKILL
 KILL_GRACE_S = 1.0
@@ -91,10 +90,8 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self._workdir = self._workdir or tempfile.TemporaryDirectory(prefix="redis-")
-        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.STDOUT, cwd=self._workdir.name, start_new_session=True,
-                                        preexec_fn=_stop_with_parent(os.getpid())
-                                        if threading.current_thread() is threading.main_thread() else None)
+        self.process = spawn_service(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT, cwd=self._workdir.name)
         try:
             self.wait_ready()
         except BaseException:

@@ -174,10 +174,8 @@ class TritonServer:
         self._stopped = False
         # A session of its own: a Ctrl-C in the terminal reaches only our process, which then stops the server
         # with a bounded stop (`stop`) instead of tritonserver and its stubs each reacting on their own.
-        self.process = subprocess.Popen(self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT,
-                                        env=self.environment(), start_new_session=True,
-                                        preexec_fn=_stop_with_parent(os.getpid())
-                                        if threading.current_thread() is threading.main_thread() else None)
+        self.process = spawn_service(self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT,
+                                     env=self.environment())
         try:
             self.wait_ready()
         except BaseException:
@@ -268,6 +266,14 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def spawn_service(command: list[str], **popen) -> subprocess.Popen:
+    """A server process in a session of its own (a terminal's Ctrl-C reaches only us, and we stop it with a
+    bounded stop), killed with its parent when started from the main thread (prctl, below)."""
+    main = threading.current_thread() is threading.main_thread()
+    return subprocess.Popen(command, start_new_session=True,
+                            preexec_fn=_stop_with_parent(os.getpid()) if main else None, **popen)
 
 
 def _stop_with_parent(parent: int):
