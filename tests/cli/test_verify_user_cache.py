@@ -64,5 +64,5 @@ def test_verify_refuses_an_encoder_without_its_scorer(capsys, halves, tmp_path):
     code = main(["verify", "--checkpoint", str(ckpt), "--onnx", str(enc), "--reports", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1
-    assert "1 user encoder(s) and 0 candidate scorer(s)" in err and len(err.strip().splitlines()) == 1
+    assert "1 fp32 user encoder(s) and 0 fp32 candidate scorer(s)" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "parity.json").exists()
