@@ -1,21 +1,23 @@
 #!/usr/bin/env python
 """Embedding tables at scale (issue 13): build cost per mode and request latency inline vs split (not a test).
 
-    python tools/bench/bench_scale.py [--rows 20000000] [--small-rows 2000000] [--reps 40]
-                                      [--skip-redis REASON] [--quick] [--work DIR] [--keep]
+    python tools/bench/bench_scale.py [--rows 20000000] [--small-rows 2000000] [--reps 40] [--inline-big]
+                                      [--skip-redis REASON] [--skip-builds] [--quick] [--work DIR] [--keep]
 
 Writes synthetic checkpoints (the demo checkpoint's weights and config, the item table grown to --rows and to
 --small-rows: the demo's rows, then random rows of the same scale; scale_support.make_checkpoint streams the
 table, it is never in memory), then under `flock /tmp/onerank-big-run.lock` and `/usr/bin/time -v`:
-`build --embeddings split --target cpu --engine skip` of the big one per store dtype (fp32, fp16, int8), and
-`--embeddings inline` + `--embeddings split` of the small one (the inline/split latency pair of one model).
-Per build: wall time, peak RSS (time -v and the manifest's memory block), output size, files over 100 MB.
+`build --embeddings split --target cpu --engine skip` of the big one per store dtype (fp32, fp16, int8),
+`--embeddings inline` + `--embeddings split` of the small one (the inline/split latency pair of one model),
+and with --inline-big the big one inline too. Per build: wall time, peak RSS (time -v and the manifest's
+memory block), output size, files over 100 MB (hard links marked: the table copies on disk).
 
-Latency at L=256, N=512, B=1, one request per rep, the runners interleaved within each rep:
-in-process (the inline graph in ONNX Runtime vs Table.lookup of the 768 ids + the dense graph; lookup share
-= lookup / (lookup + dense)), then through tritonserver over HTTP: the inline repository, the split
-repositories with the mmap store, and the small split repository with its lookup reading Redis (the store
-pushed with `embeddings push`'s function). --quick: 200k/20k rows, fp32 store only, 10 reps.
+Latency at L=256, N=512, B=1, the runners interleaved (one request each per rep): in process (the inline
+graph in ONNX Runtime vs Table.lookup of the 768 ids + the dense graph; lookup share = lookup / total),
+before and after touching every page of the store; then through tritonserver over HTTP, all servers up at
+once: the inline repository, the split repositories with the mmap store, and the small split repository
+with its lookup reading Redis (the store pushed with `embeddings push`'s function; --skip-redis REASON).
+--quick: 200k/20k rows, fp32 store only, 10 reps. Run it alone: it holds the big-run lock only per build.
 Prints markdown tables and writes tools/bench/results/scale.json.
 """
 
@@ -156,29 +158,33 @@ def _redis_repository(build: Path, url: str) -> Path:
 
 
 def through_triton(work: Path, repos: dict[str, Path], vocab: dict[str, int], reps: int) -> dict:
+    """One tritonserver per repository, all up at once, the requests interleaved across them (one request to
+    each per rep, sequential): the servers share the 2 cores, but never at the same moment."""
+    from contextlib import ExitStack
+
     from onerank_export.model.checkpoint import load_config
     from onerank_export.serving.client import OneRankClient
     from onerank_export.serving.server import TritonServer, resolve_repository, servable_models
 
-    result = {}
-    for name, build in repos.items():
-        repo = resolve_repository(build)
-        load, _ = servable_models(repo)
-        cfg = load_config(next(work.glob("ckpt*")))
-        rng = np.random.default_rng(2)
-        with TritonServer(repo, models=load, startup_timeout=300) as server:
-            client = OneRankClient(server.http_url, validate=False)
-            samples = []
-            for rep in range(reps + 5):
+    cfg = load_config(next(work.glob("ckpt*")))
+    rng = np.random.default_rng(2)
+    samples: dict[str, list[float]] = {name: [] for name in repos}
+    with ExitStack() as stack:
+        clients = {}
+        for name, build in repos.items():
+            repo = resolve_repository(build)
+            load, _ = servable_models(repo)
+            server = stack.enter_context(TritonServer(repo, models=load, startup_timeout=300))
+            clients[name] = OneRankClient(server.http_url, validate=False)
+        for rep in range(reps + 5):
+            for name, client in clients.items():
                 feed = _feed(cfg, rng, vocab[name])
                 t0 = time.perf_counter()
                 client.score(feed)
                 if rep >= 5:
-                    samples.append(time.perf_counter() - t0)
-        result[name] = {"p50_ms": statistics.median(samples) * 1e3,
-                        "p90_ms": sorted(samples)[int(0.9 * (len(samples) - 1))] * 1e3, "requests": len(samples)}
-        print(f"triton {name}: p50 {result[name]['p50_ms']:.2f} ms", flush=True)
-    return result
+                    samples[name].append(time.perf_counter() - t0)
+    return {name: {"p50_ms": statistics.median(s) * 1e3, "p90_ms": sorted(s)[int(0.9 * (len(s) - 1))] * 1e3,
+                   "requests": len(s)} for name, s in samples.items()}
 
 
 def main() -> int:
