@@ -137,3 +137,21 @@ def test_a_failed_rewrite_keeps_the_previous_store(ckpt, tmp_path):
         write_store(ckpt, d, "fp16", progress=boom)
     assert (d / "index.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]
+
+
+def test_a_store_written_from_the_loaded_table_is_byte_identical_to_one_read_from_the_file(tmp_path):
+    """A build writes the store from its loaded model's table (one mapping of the weights, not two)."""
+    from helpers import make_tiny_model
+
+    from onerank_export.embeddings.store import write_store
+    from onerank_export.model.checkpoint import save_checkpoint
+
+    model = make_tiny_model(seed=2)
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
+    for dtype in ("fp32", "int8"):
+        from_file = write_store(ckpt, tmp_path / f"file-{dtype}", dtype)
+        from_memory = write_store(ckpt, tmp_path / f"mem-{dtype}", dtype,
+                                  loaded={"item_emb.weight": model.item_emb.weight.detach().numpy()})
+        assert from_file == from_memory  # same sha256s, rows, dims, files
+        for f in (tmp_path / f"file-{dtype}").iterdir():
+            assert f.read_bytes() == (tmp_path / f"mem-{dtype}" / f.name).read_bytes()

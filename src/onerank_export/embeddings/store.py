@@ -51,8 +51,12 @@ class StoreError(OneRankError):
 
 def write_store(checkpoint_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", *, oov: str = "pad",
                 chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: Progress | None = None,
-                checkpoint_sha256: str | None = None) -> dict[str, Any]:
-    """Write the store for `checkpoint_dir` into `out_dir` (replaced atomically); return the index."""
+                checkpoint_sha256: str | None = None, loaded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the store for `checkpoint_dir` into `out_dir` (replaced atomically); return the index.
+
+    `loaded`: {checkpoint tensor name: array} already in this process (a build's loaded model): rows are
+    read from it instead of mapping the weights file a second time (the same pages mapped twice count
+    twice in RSS: 10.7 GB instead of ~5.6 GB for a 5.1 GB table, docs/benchmarks.md)."""
     if dtype not in STORE_DTYPES:
         raise StoreError(f"embedding store dtype '{dtype}' is not supported; use one of {', '.join(STORE_DTYPES)}")
     if oov not in OOV_POLICIES:
@@ -65,6 +69,11 @@ def write_store(checkpoint_dir: str | Path, out_dir: str | Path, dtype: str = "f
     tables: dict[str, Any] = {}
     with atomic_directory(out_dir) as tmp:
         for name, tensor in TABLES.items():
+            source = (loaded or {}).get(tensor)
+            if source is not None:
+                tables[name] = _write_rows(_ArraySlice(source), f"the loaded '{tensor}'", name, tensor, tmp,
+                                           STORE_DTYPES[dtype], oov, chunk_rows, progress)
+                continue
             tables[name] = _write_table(weights, tensor, name, tmp, STORE_DTYPES[dtype], oov, chunk_rows, progress)
         index = {"format": FORMAT, "version": VERSION, "checkpoint_sha256": digest, "tables": tables}
         # Last: a directory with an index.json is a complete store (and the rename makes it visible at once).
@@ -84,42 +93,64 @@ def _write_table(weights: Path, tensor: str, name: str, out: Path, dtype: str, o
     with handle as f:
         if tensor not in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
             raise StoreError(f"{weights}: no tensor '{tensor}'; is this a OneRank checkpoint?")
-        sl = f.get_slice(tensor)
-        shape, src_dtype = sl.get_shape(), sl.get_dtype()
-        if len(shape) != 2 or src_dtype != "F32":
-            raise StoreError(f"{weights}: tensor '{tensor}' is {src_dtype} {list(shape)}, expected float32 [rows, dim]")
-        rows, dim = int(shape[0]), int(shape[1])
-        if rows == 0 or dim == 0:
-            raise StoreError(f"embedding table '{name}' ({tensor}) is empty ({rows} x {dim}); "
-                             "a store needs at least the pad row: check item_vocab_size / d_model")
-        entry: dict[str, Any] = {"file": f"{name}.{dtype}.bin", "rows": rows, "dim": dim, "dtype": dtype,
-                                 "scale_file": None, "pad_row": 0, "oov": oov, "sha256": None, "scale_sha256": None}
-        h, hs = hashlib.sha256(), hashlib.sha256()
-        with open(out / entry["file"], "wb") as data_f:
-            scale_f = open(out / f"{name}.int8.scale.bin", "wb") if dtype == "int8" else None  # noqa: SIM115
-            try:
-                for start in range(0, rows, max(1, chunk_rows)):
-                    block = np.ascontiguousarray(sl[start:min(rows, start + chunk_rows)], dtype=np.float32)
-                    bad = ~np.isfinite(block).all(axis=1)
-                    if bad.any():
-                        raise StoreError(f"embedding table '{name}': row {start + int(np.argmax(bad))} contains "
-                                         "NaN or Inf; fix the checkpoint")
-                    data, scale = _encode(block, dtype)
-                    raw = data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
-                    data_f.write(raw)
-                    h.update(raw)
-                    if scale_f is not None:
-                        sraw = scale.astype("<f4", copy=False).tobytes()
-                        scale_f.write(sraw)
-                        hs.update(sraw)
-                    if progress is not None:
-                        progress(min(rows, start + chunk_rows), rows)
-            finally:
+        return _write_rows(f.get_slice(tensor), f"{weights}: tensor '{tensor}'", name, tensor, out, dtype, oov,
+                           chunk_rows, progress)
+
+
+class _ArraySlice:
+    """An in-memory table with the two methods of a safetensors slice the writer uses."""
+
+    def __init__(self, array) -> None:
+        self.array = array
+
+    def get_shape(self) -> list[int]:
+        return list(self.array.shape)
+
+    def get_dtype(self) -> str:
+        return "F32" if np.dtype(self.array.dtype) == np.float32 else str(self.array.dtype)
+
+    def __getitem__(self, index):
+        return self.array[index]
+
+
+def _write_rows(sl, what: str, name: str, tensor: str, out: Path, dtype: str, oov: str, chunk_rows: int,
+                progress: Progress | None) -> dict[str, Any]:
+    """Stream the rows of `sl` (a safetensors slice or an in-memory table) into the store's files."""
+    shape, src_dtype = sl.get_shape(), sl.get_dtype()
+    if len(shape) != 2 or src_dtype != "F32":
+        raise StoreError(f"{what} is {src_dtype} {list(shape)}, expected float32 [rows, dim]")
+    rows, dim = int(shape[0]), int(shape[1])
+    if rows == 0 or dim == 0:
+        raise StoreError(f"embedding table '{name}' ({tensor}) is empty ({rows} x {dim}); "
+                         "a store needs at least the pad row: check item_vocab_size / d_model")
+    entry: dict[str, Any] = {"file": f"{name}.{dtype}.bin", "rows": rows, "dim": dim, "dtype": dtype,
+                             "scale_file": None, "pad_row": 0, "oov": oov, "sha256": None, "scale_sha256": None}
+    h, hs = hashlib.sha256(), hashlib.sha256()
+    with open(out / entry["file"], "wb") as data_f:
+        scale_f = open(out / f"{name}.int8.scale.bin", "wb") if dtype == "int8" else None  # noqa: SIM115
+        try:
+            for start in range(0, rows, max(1, chunk_rows)):
+                block = np.ascontiguousarray(sl[start:min(rows, start + chunk_rows)], dtype=np.float32)
+                bad = ~np.isfinite(block).all(axis=1)
+                if bad.any():
+                    raise StoreError(f"embedding table '{name}': row {start + int(np.argmax(bad))} contains "
+                                     "NaN or Inf; fix the checkpoint")
+                data, scale = _encode(block, dtype)
+                raw = data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
+                data_f.write(raw)
+                h.update(raw)
                 if scale_f is not None:
-                    scale_f.close()
-        entry["sha256"] = h.hexdigest()
-        if dtype == "int8":
-            entry["scale_file"], entry["scale_sha256"] = f"{name}.int8.scale.bin", hs.hexdigest()
+                    sraw = scale.astype("<f4", copy=False).tobytes()
+                    scale_f.write(sraw)
+                    hs.update(sraw)
+                if progress is not None:
+                    progress(min(rows, start + chunk_rows), rows)
+        finally:
+            if scale_f is not None:
+                scale_f.close()
+    entry["sha256"] = h.hexdigest()
+    if dtype == "int8":
+        entry["scale_file"], entry["scale_sha256"] = f"{name}.int8.scale.bin", hs.hexdigest()
     return entry
 
 

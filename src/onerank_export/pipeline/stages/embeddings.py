@@ -66,8 +66,10 @@ class EmbeddingsStage(Stage):
         options, cfg = state.options, state.config
         store_dir = state.work / STORE_DIR
         started = time.perf_counter()
+        # Rows from the loaded model's own table (no second mapping of the weights file).
+        item_table = state.model.item_emb.weight.detach().numpy()
         index = write_store(state.checkpoint, store_dir, options.embedding_dtype, oov=options.embedding_oov,
-                            checkpoint_sha256=state.checkpoint_sha256)
+                            checkpoint_sha256=state.checkpoint_sha256, loaded={"item_emb.weight": item_table})
         write_seconds = time.perf_counter() - started
         table = open_store(store_dir, verify=True).table("item", rows=cfg.item_vocab_size, dim=cfg.d_model)
         dense = state.work / ONNX_DIR / DENSE_ONNX
