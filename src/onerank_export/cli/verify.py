@@ -23,6 +23,9 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 @click.option("--checkpoint", type=existing_dir, help=CHECKPOINT_HELP)
 @click.option("--onnx", "onnx_files", multiple=True, type=existing_file,
               help="ONNX model(s) to check (precision read from the model). Default: export fp32 now.")
+@click.option("--embeddings", "embeddings", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Split mode: the embedding store (a build's embeddings/ or the build directory) the dense "
+                   "ONNX given with --onnx looks its item rows up in.")
 @click.option("--engine", "engines", multiple=True, type=existing_file,
               help="TensorRT plan(s) to check (needs a GPU and TensorRT).")
 @click.option("--plugin", type=existing_file,
@@ -39,14 +42,15 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 @click.option("--reports", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
               show_default=True, help="Directory for parity.json and junit.xml.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def verify(checkpoint: Path | None, onnx_files: tuple[Path, ...], engines: tuple[Path, ...], plugin: Path | None,
+def verify(checkpoint: Path | None, onnx_files: tuple[Path, ...], embeddings: Path | None, engines: tuple[Path, ...],
+           plugin: Path | None,
            triton_url: str | None, triton_model: str | None, metrics_url: str | None, protocol: str,
            shapes: tuple[str, ...], tolerances: Path | None, reports: Path, seed: int) -> int:
     """Compare backends with the eager PyTorch model on seeded requests; exit 1 on any mismatch."""
     from onerank_export.parity.cases import shape_case
     from onerank_export.parity.report import parity_table
     from onerank_export.parity.targets import ParityTargets
-    from onerank_export.parity.verify import cache_metrics_line, run_verify, split_user_cache_halves
+    from onerank_export.parity.verify import cache_metrics_line, run_verify, split_dense, split_user_cache_halves
     from onerank_export.pipeline.runner import checkpoint_config
 
     extra_shapes = [parse_shape(s) for s in shapes]
@@ -56,8 +60,9 @@ def verify(checkpoint: Path | None, onnx_files: tuple[Path, ...], engines: tuple
         shape_case(cfg, *shape)
     ckpt = resolve_checkpoint(checkpoint)
     singles, halves = split_user_cache_halves(onnx_files)
+    singles, split = split_dense(singles, embeddings)
     targets = ParityTargets(onnx=singles, plans=list(engines), plugin=plugin, triton_url=triton_url,
-                            triton_model=triton_model, protocol=protocol, user_cache=halves)
+                            triton_model=triton_model, protocol=protocol, user_cache=halves, split=split)
     report = run_verify(ckpt, targets, extra_shapes, tolerances, reports, seed,
                         progress=lambda msg: console.print(f"  {msg}", style="dim"))
 

@@ -48,12 +48,15 @@ def run_verify(checkpoint: Path, targets: ParityTargets, extra_shapes: Sequence[
                tolerances_file: Path | None, reports: Path, seed: int = 0,
                progress: ProgressFn | None = None) -> ParityReport:
     """Check `targets` (default: an fp32 export made now) and write parity.json + junit.xml to `reports`."""
+    digest = checkpoint_digest(checkpoint)
+    if targets.split is not None:  # before the weights load: a wrong store is refused in a second
+        check_store_matches(targets.split[1], digest)
     model = load_checkpoint(checkpoint)
     cfg = model.cfg
     tolerances = load_tolerances(tolerances_file)
     cases = default_cases(cfg, seed) + [shape_case(cfg, *s, seed=seed) for s in extra_shapes]
-    digest = checkpoint_digest(checkpoint)
-    for path in [*targets.onnx_paths, *(p for e, s, _ in targets.user_cache_pairs() for p in (e, s))]:
+    dense = [targets.split[0]] if targets.split else []
+    for path in [*targets.onnx_paths, *dense, *(p for e, s, _ in targets.user_cache_pairs() for p in (e, s))]:
         check_matches_checkpoint(path, cfg, digest)
     with tempfile.TemporaryDirectory(prefix="onerank-verify-") as tmp:
         if targets.empty:
@@ -65,6 +68,41 @@ def run_verify(checkpoint: Path, targets: ParityTargets, extra_shapes: Sequence[
                                   progress=progress)
     write_reports(report, reports)
     return report
+
+
+def split_dense(files: list[Path], embeddings: Path | None) -> tuple[list[Path], tuple[Path, Path] | None]:
+    """`verify --onnx dense.onnx --embeddings DIR`: the split dense graph (told apart by its
+    `onerank.graph` metadata) with the store it looks rows up in; a build directory stands for its
+    embeddings/. At most one dense graph, and never one without a store or a store without one."""
+    from onerank_export.embeddings.split import STORE_DIR
+    from onerank_export.export.metadata import GRAPH_KEY, read_metadata
+
+    dense = [p for p in files if read_metadata(p).other.get(GRAPH_KEY) == "dense"]
+    rest = [p for p in files if p not in dense]
+    if not dense and embeddings is None:
+        return rest, None
+    if not dense:
+        raise ConfigError(f"--embeddings {embeddings}: no split dense graph among --onnx; give the build's "
+                          "onnx/onerank.dense.fp32.onnx with it")
+    if embeddings is None:
+        raise ConfigError(f"{dense[0]}: a split dense graph takes looked-up item rows; give its embedding store "
+                          "with --embeddings (the build's embeddings/ directory or the build directory)")
+    if len(dense) > 1:
+        raise ConfigError(f"--onnx has {len(dense)} split dense graphs; give one with its --embeddings store")
+    store = Path(embeddings)
+    if not (store / "index.json").is_file() and (store / STORE_DIR / "index.json").is_file():
+        store = store / STORE_DIR
+    return rest, (dense[0], store)
+
+
+def check_store_matches(store: Path, digest: str) -> None:
+    """One line when a store was written from another checkpoint than the one verified against."""
+    from onerank_export.embeddings.store import open_store
+
+    written_from = open_store(store).checkpoint_sha256
+    if written_from and written_from != digest:
+        raise ConfigError(f"{store}: embedding store was written from checkpoint {written_from[:12]}, not the "
+                          f"checkpoint verified against ({digest[:12]}); give the store of the same build")
 
 
 def split_user_cache_halves(files) -> tuple[list[Path], dict[Precision, tuple[Path, Path]] | None]:

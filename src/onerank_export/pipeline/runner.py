@@ -70,10 +70,21 @@ def build(options: BuildOptions, ui: BuildUI | None = None, *, stages: list[Stag
         config = checkpoint_config(options.checkpoint)
         manifest = build_manifest(work.path, state.config, record, options.describe(), results,
                                   embeddings=plan_embeddings(options, config).describe(),
-                                  memory=memory_record(config, rss_after))
+                                  memory=memory_record(config, rss_after),
+                                  memory_plan=_memory_plan(state, config))
         write_json(work.path / MANIFEST, manifest)
         work.commit()
     return BuildOutcome(work.out, results, manifest)
+
+
+def _memory_plan(state: BuildState, config: OneRankConfig) -> dict:
+    """The manifest's memory plan (pipeline/memory_plan.py) for the model Triton loads."""
+    from onerank_export.pipeline.memory_plan import memory_plan
+    from onerank_export.precision import Precision
+
+    if state.split is not None:
+        return memory_plan(config, "split", state.split.dense, state.options.embedding_dtype)
+    return memory_plan(config, "inline", state.onnx.get(Precision.FP32), None)
 
 
 def resolve_checkpoint(checkpoint: Path | None, ui: BuildUI) -> Path:

@@ -204,7 +204,9 @@ class TritonServer:
         load = [ln for ln in lines if "failed to load" in ln]
         errors = [ln for ln in lines if ln.startswith("E") and not any(n in ln for n in noise)]
         line = (load or errors or lines or ["no output"])[0]
-        return f"{line[:300]} (log: {self.log_file})"
+        # 1000, not less: a model's load error carries its own one-line reason after two paths (a bad
+        # embedding store's names the store directory, the table, the file and the fix).
+        return f"{line[:1000]} (log: {self.log_file})"
 
     def pids(self) -> list[int]:
         """The server and its python-backend stub processes (for memory accounting)."""

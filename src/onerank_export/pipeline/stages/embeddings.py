@@ -4,7 +4,8 @@ Writes DIR/embeddings/ (embeddings/store.py: streamed from the checkpoint's safe
 onnx/onerank.dense.fp32.onnx (the serving graph with hist_item_rows / cand_item_rows as inputs; the
 export refuses a dense graph that still holds the item table). A reduced store (fp16, int8 row-wise)
 is judged like a reduced-precision model: dense(lookup_store(ids)) against fp32 eager on the held-out
-requests, through calibration/accuracy.py's compare and gates; a failed gate fails the stage.
+requests, through calibration/accuracy.py's compare and gates; a failed gate stops the build
+(critical stage: its temporary directory, store and dense ONNX included, is removed).
 
 Not yet in split mode (each refused in preflight with one line): reduced-precision dense graphs
 (their calibration runs need the rows in every ORT feed), TensorRT engines of the dense graph, and
@@ -92,29 +93,40 @@ class EmbeddingsStage(Stage):
                   "without the item table")
         if options.embedding_dtype == "fp32":
             return StageResult(self.name, Status.OK, detail, artifacts, metrics)
-        failed, gates = self._judge(state, table)
+        failed, gates, accuracy = self._judge(state, table)
+        metrics["accuracy"] = accuracy_metrics(accuracy)
         metrics["gates"] = {g.name: g.value for g in gates}
-        metrics["gates_failed"] = [g.name for g in failed]
         if failed:
             from onerank_export.calibration.accuracy import describe_gate
 
-            return StageResult(self.name, Status.FAILED, f"{options.embedding_dtype} store failed "
-                               f"{len(failed)} accuracy gate(s), first: {describe_gate(failed[0])}; use "
-                               "--embedding-dtype fp32 or fp16", artifacts, metrics)
-        return StageResult(self.name, Status.OK, f"{detail}; {len(gates)} accuracy gates passed", artifacts, metrics)
+            # Nothing half-written: the stage is critical, so the build stops and its temporary
+            # directory (store, dense ONNX) is removed; --out keeps what was there before.
+            raise StageError(f"{options.embedding_dtype} embedding store failed {len(failed)} accuracy gate(s) "
+                             f"against fp32 eager, first: {describe_gate(failed[0])}; "
+                             "build with --embedding-dtype fp16 or fp32")
+        worst_auc = max(abs(t.auc_change) for t in accuracy.tasks.values() if t.auc_change is not None)
+        return StageResult(self.name, Status.OK, f"{detail}; {len(gates)} accuracy gates passed "
+                           f"(max |AUC change| {worst_auc:.2g}, "
+                           f"top-{accuracy.topk_overlap.k} overlap {accuracy.topk_overlap.mean:.4f}, "
+                           f"max error {accuracy.max_abs_error:.2g})", artifacts, metrics)
 
-    def _judge(self, state: BuildState, table) -> tuple[list, list]:
+    def settings(self, options: BuildOptions):
+        """The precision stage's settings and gates for the store's dtype (tests tighten the gates here)."""
+        from onerank_export.calibration.settings import CalibrationSettings
+
+        return CalibrationSettings(_STORE_PRECISION[options.embedding_dtype], seed=options.seed)
+
+    def _judge(self, state: BuildState, table) -> tuple[list, list, object]:
         """The reduced store through the precision stage's gates: dense(store rows) vs fp32 eager."""
         import torch
 
         from onerank_export.calibration.accuracy import apply_gates, compare
         from onerank_export.calibration.data import prepare_data
-        from onerank_export.calibration.settings import CalibrationSettings
         from onerank_export.embeddings.split import ROW_INPUTS
         from onerank_export.export.ort_session import cpu_session, default_threads
 
-        precision = _STORE_PRECISION[state.options.embedding_dtype]
-        settings = CalibrationSettings(precision, seed=state.options.seed)
+        settings = self.settings(state.options)
+        precision = settings.precision
         requests = prepare_data(state.config, settings, state.options.calibration_data).evaluation
         session = cpu_session(str(state.split.dense), default_threads())
         weight = state.model.item_emb.weight.detach().numpy()
@@ -130,4 +142,14 @@ class EmbeddingsStage(Stage):
         accuracy = compare(ref, np.concatenate(reduced), requests, state.config.tasks, settings.gates.topk,
                            np.concatenate(fp32))
         gates = apply_gates(precision, accuracy, settings.gates, [])
-        return [g for g in gates if not g.passed], gates
+        return [g for g in gates if not g.passed], gates, accuracy
+
+
+def accuracy_metrics(accuracy) -> dict:
+    """What the manifest says about a reduced store: per-task AUC/GAUC change, top-k overlap, score error."""
+    return {"tasks": {t: {"auc_change": m.auc_change, "gauc_change": m.gauc_change}
+                      for t, m in accuracy.tasks.items()},
+            f"top{accuracy.topk_overlap.k}_overlap": {"mean": accuracy.topk_overlap.mean,
+                                                      "min": accuracy.topk_overlap.min},
+            "max_abs_error": accuracy.max_abs_error, "p99_abs_error": accuracy.score_error.quantiles[0.99],
+            "fp32_onnxruntime_max_abs_error": accuracy.fp32_onnxruntime_max_abs_error}
