@@ -31,6 +31,20 @@ def num(value: float | None) -> float | None:
 # ----- accuracy against fp32 eager --------------------------------------------------------------
 
 
+class Gated:
+    """A result judged by accuracy gates (`gates`): passed when every gate passed."""
+
+    gates: tuple[Verdict, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def failed_gates(self) -> tuple[Verdict, ...]:
+        return tuple(g for g in self.gates if not g.passed)
+
+
 @dataclass(frozen=True)
 class TaskAccuracy:
     """One task's ranking quality, fp32 eager and the reduced precision; None where undefined
@@ -233,7 +247,7 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
-class CalibrationEntry:
+class CalibrationEntry(Gated):
     """One precision's entry in calibration.json."""
 
     precision: Precision  # the entry's key in the report, not a field of it
@@ -247,13 +261,6 @@ class CalibrationEntry:
     details: Int8Details | Fp16Details
     seconds: Mapping[str, float]  # per step, and "total"
 
-    @property
-    def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
-
-    @property
-    def failed_gates(self) -> tuple[Verdict, ...]:
-        return tuple(g for g in self.gates if not g.passed)
 
     def to_dict(self) -> dict:
         int8 = self.precision is Precision.INT8

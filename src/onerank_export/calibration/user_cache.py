@@ -36,7 +36,7 @@ import onnx
 from onerank_export.calibration.accuracy import apply_gates, compare, describe_gate, run_onnx
 from onerank_export.calibration.checks import check_fp16, check_int8
 from onerank_export.calibration.data import CalibrationData, DataInfo, RequestSet
-from onerank_export.calibration.result import Accuracy, ModelRecord
+from onerank_export.calibration.result import Accuracy, Gated, ModelRecord
 from onerank_export.calibration.selection import NodeChoice
 from onerank_export.calibration.settings import CalibrationSettings
 from onerank_export.export.metadata import read_metadata
@@ -78,7 +78,7 @@ class HalfRecord:
 
 
 @dataclass(frozen=True)
-class HalvesEntry:
+class HalvesEntry(Gated):
     """One precision's entry in user_cache_calibration.json."""
 
     precision: Precision
@@ -92,13 +92,6 @@ class HalvesEntry:
     single_graph: dict  # {"path", "max_abs_diff"} or {"skipped": reason}
     seconds: dict[str, float]
 
-    @property
-    def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
-
-    @property
-    def failed_gates(self) -> tuple[Verdict, ...]:
-        return tuple(g for g in self.gates if not g.passed)
 
     def to_dict(self) -> dict:
         int8 = self.precision is Precision.INT8
