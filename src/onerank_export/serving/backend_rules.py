@@ -213,7 +213,7 @@ def _file_rules(model_dir: Path, cfg: mc.ModelConfig, backend: str | None, bad) 
                 "copy the model there or fix default_model_filename")
         elif backend == "onnxruntime":
             _external_data_rules(path, bad)
-        if backend == "python" and CONFIG_PARAMETER in cfg.parameters:
+        if backend == "python" and CONFIG_PARAMETER in cfg.parameters and _is_ours(model_dir):
             # python_model.py initialize() opens <version>/model.onnx next to model.py, or the user
             # encoder and candidate scorer when the encoder is there (build --user-cache).
             if USER_ENCODER_MODEL_PARAMETER in cfg.parameters:  # the halves are models it calls (BLS)

@@ -31,6 +31,7 @@ from onerank_export.embeddings.backends import open_lookup  # noqa: E402
 from onerank_export.embeddings.split import LOOKUP_INPUT_NAMES, ROW_INPUTS  # noqa: E402
 from onerank_export.embeddings.store import StoreError  # noqa: E402
 from onerank_export.errors import RequestError, ServiceUnavailable  # noqa: E402
+from onerank_export.serving.parameters import CONFIG_PARAMETER  # noqa: E402
 
 
 def _error(message: str, code_name: str):
@@ -44,7 +45,9 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
         # mmap: a bad store fails the load with the store's one-line error (the server reports it per model).
         # redis: connects lazily, so the server starts before Redis or the push; until then UNAVAILABLE.
-        self.table = open_lookup(params, base=args["model_repository"])
+        config = json.loads(params[CONFIG_PARAMETER]) if CONFIG_PARAMETER in params else {}
+        self.table = open_lookup(params, base=args["model_repository"], rows=config.get("item_vocab_size"),
+                                 dim=config.get("d_model"))
 
     def execute(self, requests: list) -> list:
         responses = []

@@ -231,6 +231,8 @@ def lookup_config(name: str, config: OneRankConfig, plan: ServingPlan, store: st
                          output=[_row_tensor(row, config, out=True) for row in ROW_INPUTS])
     cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=plan.instances)
     cfg.parameters[EMBEDDING_STORE_PARAMETER].string_value = store
+    # The model's config: the lookup checks the store's rows and dim against it when it loads.
+    cfg.parameters[CONFIG_PARAMETER].string_value = json.dumps(config.to_dict(), sort_keys=True)
     return cfg
 
 
