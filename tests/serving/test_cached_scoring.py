@@ -33,7 +33,7 @@ def _scorer(halves, max_bytes=1 << 30):
     model, enc, sc = halves
     encoder = CountingSession(cpu_session(str(enc), 1))
     cache = TieredStateCache(LocalStateCache(max_bytes))
-    identity = model_identity(enc, {"onerank.checkpoint_sha256": "cd" * 32, "onerank.precision": "fp32"})
+    identity = model_identity(enc)  # the checkpoint "cd" * 32 and fp32 its metadata records
     return CachedUserScorer(model.cfg, encoder, cpu_session(str(sc), 1), cache, identity), encoder
 
 

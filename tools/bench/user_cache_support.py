@@ -98,13 +98,10 @@ def sessions(paths: dict[str, Path], threads: int):
 
 
 def cached_scorer(cfg, sess: dict, encoder_path: Path, max_bytes: int):
-    import onnx
-
-    from onerank_export.export.metadata import model_metadata
     from onerank_export.serving.cached_scoring import CachedUserScorer, model_identity
     from onerank_export.serving.user_cache import LocalStateCache, TieredStateCache
 
-    identity = model_identity(encoder_path, model_metadata(onnx.load(str(encoder_path), load_external_data=False)))
+    identity = model_identity(encoder_path)
     return CachedUserScorer(cfg, sess["encoder"], sess["scorer"], TieredStateCache(LocalStateCache(max_bytes)),
                             identity)
 

@@ -22,22 +22,20 @@ class UserCacheRunner(Runner):
         self.scorer = None
 
     def activate_impl(self) -> None:
-        import onnx
-
-        from onerank_export.export.metadata import model_metadata, read_metadata
+        from onerank_export.export.metadata import read_metadata
         from onerank_export.export.ort_session import default_threads
-        from onerank_export.serving.cached_scoring import CachedUserScorer, half_sessions, model_identity
+        from onerank_export.io import sha256_file
+        from onerank_export.serving.cached_scoring import CachedUserScorer, cache_identity, half_sessions
         from onerank_export.serving.user_cache import LocalStateCache, TieredStateCache
 
-        config = read_metadata(self.encoder_path).config
-        if config is None:
+        meta = read_metadata(self.encoder_path)
+        if meta.config is None:
             raise StageError(f"{self.encoder_path}: no OneRank config in its metadata; export it with onerank-export")
-        metadata = model_metadata(onnx.load(str(self.encoder_path), load_external_data=False))
-        threads = default_threads()
-        encoder, scorer = half_sessions(self.encoder_path, self.scorer_path, threads)
-        self.scorer = CachedUserScorer(config, encoder, scorer,
-                                       TieredStateCache(LocalStateCache(self.cache_bytes)),
-                                       model_identity(self.encoder_path, metadata))
+        encoder, scorer = half_sessions(self.encoder_path, self.scorer_path, default_threads())
+        identity = cache_identity(meta.checkpoint_sha256, meta.precision and meta.precision.value,
+                                  sha256_file(self.encoder_path))
+        self.scorer = CachedUserScorer(meta.config, encoder, scorer,
+                                       TieredStateCache(LocalStateCache(self.cache_bytes)), identity)
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(feed["hist_item_ids"])
@@ -72,7 +70,7 @@ class TensorRTUserCacheRunner(UserCacheRunner):
     def activate_impl(self) -> None:
         from onerank_export.engine.tensorrt.plan_metadata import metadata_path, plan_role, read_plan_metadata
         from onerank_export.parity.tensorrt_runner import EngineSession
-        from onerank_export.serving.cached_scoring import CachedUserScorer
+        from onerank_export.serving.cached_scoring import CachedUserScorer, cache_identity
         from onerank_export.serving.user_cache import LocalStateCache, TieredStateCache
 
         metas = {}
@@ -87,7 +85,7 @@ class TensorRTUserCacheRunner(UserCacheRunner):
             session.open()  # RunnerUnavailable where CUDA / TensorRT are missing
             self.sessions.append(session)
         meta = metas["user_encoder"]
-        identity = f"onerank/tensorrt/{meta['precision']}/{meta['plan_sha256']}"  # a rebuilt plan is a new identity
+        identity = cache_identity("tensorrt", meta["precision"], meta["plan_sha256"])  # a rebuilt plan: a new one
         cache = TieredStateCache(LocalStateCache(self.cache_bytes))
         self.scorer = CachedUserScorer(self.config, encoder, scorer, cache, identity)
 

@@ -29,13 +29,12 @@ def write_gpu_cached_model(repo: Path, config: OneRankConfig, plan: ServingPlan,
                            trt_halves: Mapping[tuple[str, str], object], python_source: Path,
                            write_model: Callable[..., dict[str, Path]], artifacts: dict[str, Path]) -> list[str]:
     """Write `onerank` (and, without fp32 engines of the halves, their ONNX Runtime models); returns the
-    model names written. `trt_halves`: {(precision, role): HalfEngine} already written as TensorRT models."""
-    from onerank_export.export.metadata import read_metadata
-    from onerank_export.io import sha256_file
+    model names written. `trt_halves`: {(precision, role): HalfEngine} already written as TensorRT models.
+    The model file and the writer come from serving/repository.py, which calls this (no import cycle)."""
+    from onerank_export.serving.cached_scoring import model_identity
 
     if plan.target is not Target.GPU:
         raise StageError(f"the BLS-served user-state cache is for a gpu-target repository, not {plan.target}")
-    checkpoint = read_metadata(user_cache.encoder).checkpoint_sha256 or "unknown"
     models: list[str] = []
     encoder_trt = trt_halves.get(("fp32", "user_encoder"))
     if encoder_trt is not None:
@@ -52,7 +51,7 @@ def write_gpu_cached_model(repo: Path, config: OneRankConfig, plan: ServingPlan,
         identity_file = user_cache.encoder
     cfg = mcfg.python_bls_config(CACHED_MODEL, config, plan)
     params = {names.USER_ENCODER_MODEL_PARAMETER: encoder, names.CANDIDATE_SCORER_MODEL_PARAMETER: scorer,
-              names.USER_CACHE_IDENTITY_PARAMETER: f"onerank/{checkpoint}/fp32/{sha256_file(identity_file)}",
+              names.USER_CACHE_IDENTITY_PARAMETER: model_identity(user_cache.encoder, identity_file),
               **user_cache.settings.parameters()}
     for key, value in params.items():
         cfg.parameters[key].string_value = value

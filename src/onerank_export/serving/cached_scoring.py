@@ -34,12 +34,21 @@ class ScoredBatch:
     encoder_seconds: float  # time in the user encoder for this batch (0 on an all-hit batch)
 
 
-def model_identity(encoder_onnx: Path, metadata: Mapping[str, str]) -> str:
-    """What a cache entry belongs to: checkpoint, precision and the exact encoder file. A rebuilt or
-    re-calibrated encoder is a new identity, so its entries never mix with an old one's."""
-    checkpoint = metadata.get("onerank.checkpoint_sha256", "unknown")
-    precision = metadata.get("onerank.precision", "unknown")
-    return f"onerank/{checkpoint}/{precision}/{sha256_file(encoder_onnx)}"
+def cache_identity(checkpoint_sha256: str | None, precision: str | None, encoder_sha256: str) -> str:
+    """What a cache entry belongs to: checkpoint, precision and the exact file that computes the states
+    (an ONNX encoder or its TensorRT plan). A rebuilt or re-calibrated encoder is a new identity, so its
+    entries never mix with an old one's."""
+    return f"onerank/{checkpoint_sha256 or 'unknown'}/{precision or 'unknown'}/{encoder_sha256}"
+
+
+def model_identity(encoder_onnx: str | Path, encoder_file: str | Path | None = None) -> str:
+    """`cache_identity` from the encoder ONNX's metadata, for the encoder itself or for `encoder_file`
+    built from it (a TensorRT plan)."""
+    from onerank_export.export.metadata import read_metadata
+
+    meta = read_metadata(encoder_onnx)
+    precision = None if meta.precision is None else meta.precision.value
+    return cache_identity(meta.checkpoint_sha256, precision, sha256_file(encoder_file or encoder_onnx))
 
 
 class CachedUserScorer:
@@ -96,9 +105,6 @@ def open_cached_scorer(config: OneRankConfig, version_dir: str | Path, parameter
     """The cached scorer of a python-backend model, its cache built from the model's `user_cache_*`
     parameters: the halves as Triton models called through BLS when the parameters name them (a GPU
     target: TensorRT models), else the ONNX files of its version directory run in-process."""
-    import onnx
-
-    from onerank_export.export.metadata import model_metadata
     from onerank_export.serving import parameters as names
     from onerank_export.serving.user_cache import CacheSettings, build_cache
 
@@ -111,6 +117,5 @@ def open_cached_scorer(config: OneRankConfig, version_dir: str | Path, parameter
         return CachedUserScorer(config, encoder, scorer, build_cache(settings),
                                 parameters[names.USER_CACHE_IDENTITY_PARAMETER])
     encoder_path = Path(version_dir) / names.USER_ENCODER_FILE
-    metadata = model_metadata(onnx.load(str(encoder_path), load_external_data=False))
     encoder, scorer = half_sessions(encoder_path, Path(version_dir) / names.CANDIDATE_SCORER_FILE, threads)
-    return CachedUserScorer(config, encoder, scorer, build_cache(settings), model_identity(encoder_path, metadata))
+    return CachedUserScorer(config, encoder, scorer, build_cache(settings), model_identity(encoder_path))

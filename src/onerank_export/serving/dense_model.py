@@ -8,7 +8,6 @@ step owns that, with the store's OOV policy; here the ids only give masks) and t
 
 from __future__ import annotations
 
-import json
 import os
 import site
 import sys
@@ -28,12 +27,7 @@ from onerank_export.config import OneRankConfig  # noqa: E402
 from onerank_export.embeddings.split import DENSE_INPUT_NAMES, ROW_INPUTS  # noqa: E402
 from onerank_export.errors import RequestError  # noqa: E402
 from onerank_export.export.ort_session import cpu_session  # noqa: E402
-from onerank_export.serving.parameters import CONFIG_PARAMETER, THREADS_PARAMETER  # noqa: E402
-
-
-def _client_error(message: str):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+from onerank_export.serving.backend_model import model_settings, triton_error  # noqa: E402
 
 
 def check_dense_request(config: OneRankConfig, feed: dict, max_batch: int) -> None:
@@ -49,12 +43,9 @@ def check_dense_request(config: OneRankConfig, feed: dict, max_batch: int) -> No
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        model_config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
-        self.config = OneRankConfig.from_dict(json.loads(params[CONFIG_PARAMETER]), source="config.pbtxt")
-        self.max_batch = int(model_config["max_batch_size"])
-        version = os.path.join(args["model_repository"], args["model_version"])
-        self.session = cpu_session(os.path.join(version, "model.onnx"), int(params.get(THREADS_PARAMETER, "1")),
+        settings = model_settings(args)
+        self.config, self.max_batch = settings.config, settings.max_batch
+        self.session = cpu_session(os.path.join(settings.version_dir, "model.onnx"), settings.threads,
                                    inter_op_threads=1)
 
     def execute(self, requests: list) -> list:
@@ -71,7 +62,7 @@ class TritonPythonModel:
                 (scores,) = self.session.run(list(spec.OUTPUT_NAMES), feed)
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("scores", scores)]))
             except RequestError as exc:
-                responses.append(pb_utils.InferenceResponse(error=_client_error(str(exc))))
+                responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, str(exc), "INVALID_ARG")))
             except Exception as exc:  # this request failed; the model keeps serving the others
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}")))
         return responses

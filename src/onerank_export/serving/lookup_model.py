@@ -31,18 +31,18 @@ from onerank_export.embeddings.backends import open_lookup  # noqa: E402
 from onerank_export.embeddings.split import LOOKUP_INPUT_NAMES, ROW_INPUTS  # noqa: E402
 from onerank_export.embeddings.store import StoreError  # noqa: E402
 from onerank_export.errors import RequestError, ServiceUnavailable  # noqa: E402
+from onerank_export.serving.backend_model import model_settings, triton_error  # noqa: E402
 from onerank_export.serving.parameters import CONFIG_PARAMETER  # noqa: E402
 
 
 def _error(message: str, code_name: str):
     """INVALID_ARG (HTTP 400) for the client's ids, UNAVAILABLE (503) when the rows' server is down."""
-    code = getattr(pb_utils.TritonError, code_name, None)
-    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return triton_error(pb_utils, message, code_name)
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
+        params = model_settings(args).params
         # mmap: a bad store fails the load with the store's one-line error (the server reports it per model).
         # redis: connects lazily, so the server starts before Redis or the push; until then UNAVAILABLE.
         config = json.loads(params[CONFIG_PARAMETER]) if CONFIG_PARAMETER in params else {}

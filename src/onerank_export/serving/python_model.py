@@ -13,7 +13,6 @@ Triton custom metrics (serving/cache_metrics.py).
 
 from __future__ import annotations
 
-import json
 import os
 import site
 import sys
@@ -29,31 +28,22 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from onerank_export import spec  # noqa: E402
-from onerank_export.config import OneRankConfig  # noqa: E402
 from onerank_export.errors import RequestError  # noqa: E402
 from onerank_export.export.ort_session import cpu_session  # noqa: E402
-from onerank_export.serving.parameters import (  # noqa: E402
-    CONFIG_PARAMETER,
-    THREADS_PARAMETER,
-    USER_ENCODER_FILE,
-    USER_ENCODER_MODEL_PARAMETER,
-)
+from onerank_export.serving.backend_model import model_settings, triton_error  # noqa: E402
+from onerank_export.serving.parameters import USER_ENCODER_FILE, USER_ENCODER_MODEL_PARAMETER  # noqa: E402
 
 
 def _client_error(message: str):
     """Bad requests are the client's error (HTTP 400 / INVALID_ARGUMENT), not the server's."""
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return triton_error(pb_utils, message, "INVALID_ARG")
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        model_config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
-        self.config = OneRankConfig.from_dict(json.loads(params[CONFIG_PARAMETER]), source="config.pbtxt")
-        self.max_batch = int(model_config["max_batch_size"])
-        version = os.path.join(args["model_repository"], args["model_version"])
-        threads = int(params.get(THREADS_PARAMETER, "1"))
+        settings = model_settings(args)
+        self.config, self.max_batch = settings.config, settings.max_batch
+        params, version, threads = settings.params, settings.version_dir, settings.threads
         self.cached = None
         if os.path.exists(os.path.join(version, USER_ENCODER_FILE)) or USER_ENCODER_MODEL_PARAMETER in params:
             from onerank_export.serving.cache_metrics import CacheMetrics
