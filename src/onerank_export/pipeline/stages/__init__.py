@@ -44,7 +44,7 @@ def plan_stages(options: BuildOptions, config: OneRankConfig | None = None) -> l
         stages += [PrecisionStage(p, inputs) for p in options.precisions]
         return [*stages, *([TritonStage(plan)] if plan is not None else []), ParityStage()]
     if options.user_cache:
-        stages.append(UserCacheStage(plan.target if plan is not None else None))
+        stages.append(UserCacheStage())
     stages += [PrecisionStage(p, inputs) for p in options.precisions]
     if options.user_cache:  # after the single graphs: each compares its halves with the one of its precision
         stages += [UserCachePrecisionStage(p, inputs) for p in options.precisions]

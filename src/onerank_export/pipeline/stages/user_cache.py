@@ -18,7 +18,6 @@ from onerank_export.pipeline.stages.base import Stage
 from onerank_export.pipeline.stages.export import ONNX_DIR, onnx_file_name
 from onerank_export.pipeline.state import MODEL, ONNX, USER_CACHE, BuildState
 from onerank_export.precision import Precision
-from onerank_export.serving.profiles import Target
 
 # The halves must compose to the single graph: the same ops on the same values, so only the ORT
 # sessions' own run-to-run noise is allowed (measured: exactly 0.0 on the CPU provider).
@@ -30,9 +29,6 @@ class UserCacheStage(Stage):
     requires = (MODEL, ONNX)
     provides = (USER_CACHE,)
     critical = True  # the repository serves these halves: without them there is nothing to serve
-
-    def __init__(self, target: Target | None) -> None:
-        self.target = target
 
     def preflight(self, options: BuildOptions, config: OneRankConfig) -> None:
         if options.user_cache_redis:
