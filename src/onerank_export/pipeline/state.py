@@ -22,6 +22,7 @@ MODEL, ONNX, ENGINES, PLUGIN_LIBRARY = "model", "onnx", "engines", "plugin_libra
 ONNX_CPU, REPOSITORY, USER_CACHE = "onnx_cpu", "repository", "user_cache"
 EMBEDDINGS = "split"
 USER_CACHE_VARIANTS = "user_cache_variants"
+SPLIT_VARIANTS, SPLIT_ENGINES = "split_variants", "split_engines"
 
 
 @dataclass
@@ -40,6 +41,8 @@ class BuildState:
     # split mode: the embedding store + the dense ONNX taking looked-up rows; `onnx` then stays empty
     # (every runner of an `onnx` model feeds the five contract tensors only)
     split: SplitModels | None = None
+    split_variants: dict[Precision, Path] = field(default_factory=dict)  # dense ONNX of fp16 / int8 (split mode)
+    split_engines: dict[Precision, Path] = field(default_factory=dict)  # TensorRT plans of the dense graphs
     # (user encoder, candidate scorer) ONNX of the other precisions (fp16 / int8 halves), by precision;
     # the fp32 pair is `user_cache`. The engine stage builds a plan pair for every precision of either.
     user_cache_variants: dict[Precision, tuple[Path, Path]] = field(default_factory=dict)
@@ -49,6 +52,11 @@ class BuildState:
         """Every precision's (user encoder, candidate scorer) ONNX this build has, fp32 first."""
         fp32 = {Precision.FP32: (self.user_cache.encoder, self.user_cache.scorer)} if self.user_cache else {}
         return {**fp32, **self.user_cache_variants}
+
+    def split_dense(self) -> dict[Precision, Path]:
+        """Every precision's split dense ONNX this build has, fp32 first (empty outside split mode)."""
+        fp32 = {Precision.FP32: self.split.dense} if self.split else {}
+        return {**fp32, **self.split_variants}
 
     @property
     def config(self) -> OneRankConfig:
