@@ -79,7 +79,7 @@ def test_verify_runs_the_lookup_and_dense_graph_within_the_store_tolerance(capsy
     ckpt = ckpts[0]
     dense = export_onnx(load_checkpoint(ckpt), tmp_path / "onerank.dense.fp32.onnx",
                         checkpoint_sha256=checkpoint_digest(ckpt), export_config=SPLIT_DENSE_ONNX_CONFIG).path
-    for dtype, runner, bound in (("fp32", "split-fp32", 1e-6), ("int8", "split-int8", 0.05)):
+    for dtype, runner, bound in (("fp32", "split-fp32", 1e-6), ("int8", "split-fp32-store-int8", 0.05)):
         build = tmp_path / dtype
         write_store(ckpt, build / "embeddings", dtype)
         code, io = _verify(capsys, "--checkpoint", str(ckpt), "--onnx", str(dense), "--embeddings", str(build),

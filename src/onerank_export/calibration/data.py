@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,16 @@ class RequestSet:
     def subset(self, index: np.ndarray) -> RequestSet:
         labels = None if self.labels is None else self.labels[index]
         return RequestSet({k: np.ascontiguousarray(v[index]) for k, v in self.features.items()}, labels, self.source)
+
+    def with_inputs(self, make: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> RequestSet:
+        """The same requests with more model inputs computed from them (split mode: the looked-up item
+        rows the dense graph takes); the contract tensors and labels are kept as they are."""
+        return RequestSet({**self.features, **make(self.features)}, self.labels, self.source)
+
+    @property
+    def contract(self) -> dict[str, np.ndarray]:
+        """The serving contract's tensors only: what the eager model and a client are given."""
+        return {name: self.features[name] for name in spec.INPUT_NAMES}
 
     def batches(self, size: int) -> list[dict[str, np.ndarray]]:
         return [{k: v[i:i + size] for k, v in self.features.items()} for i in range(0, len(self), size)]
@@ -91,6 +102,11 @@ class CalibrationData:
     evaluation: RequestSet
     info: DataInfo
     load_seconds: float = 0.0  # reading, validating and splitting (the report's seconds.data counts it)
+
+    def with_inputs(self, make: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> CalibrationData:
+        """Both sets with the inputs `make` computes from a request's tensors added (RequestSet.with_inputs)."""
+        return dataclasses.replace(self, calibration=self.calibration.with_inputs(make),
+                                   evaluation=self.evaluation.with_inputs(make))
 
 
 def load_requests(path: Path, cfg: OneRankConfig) -> RequestSet:

@@ -56,7 +56,7 @@ def calibrate(fp32_onnx: Path, model: OneRankModel, settings: CalibrationSetting
         f"{sets.info.short_source}")
 
     t0 = time.perf_counter()
-    reference = predict(model.eval(), sets.evaluation.features)
+    reference = predict(model.eval(), sets.evaluation.contract)
     fp32_ort = run_onnx(fp32, sets.evaluation)
     seconds["reference"] = time.perf_counter() - t0
 

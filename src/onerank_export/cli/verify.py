@@ -25,7 +25,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
               help="ONNX model(s) to check (precision read from the model). Default: export fp32 now.")
 @click.option("--embeddings", "embeddings", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Split mode: the embedding store (a build's embeddings/ or the build directory) the dense "
-                   "ONNX given with --onnx looks its item rows up in.")
+                   "ONNX model(s) given with --onnx (one per precision) look their item rows up in.")
 @click.option("--engine", "engines", multiple=True, type=existing_file,
               help="TensorRT plan(s) to check (needs a GPU and TensorRT).")
 @click.option("--plugin", type=existing_file,
@@ -60,9 +60,10 @@ def verify(checkpoint: Path | None, onnx_files: tuple[Path, ...], embeddings: Pa
         shape_case(cfg, *shape)
     ckpt = resolve_checkpoint(checkpoint)
     singles, halves = split_user_cache_halves(onnx_files)
-    singles, split = split_dense(singles, embeddings)
+    singles, split, split_variants = split_dense(singles, embeddings)
     targets = ParityTargets(onnx=singles, plans=list(engines), plugin=plugin, triton_url=triton_url,
-                            triton_model=triton_model, protocol=protocol, user_cache=halves, split=split)
+                            triton_model=triton_model, protocol=protocol, user_cache=halves, split=split,
+                            split_variants=split_variants)
     report = run_verify(ckpt, targets, extra_shapes, tolerances, reports, seed,
                         progress=lambda msg: console.print(f"  {msg}", style="dim"))
 

@@ -4,7 +4,8 @@ Runner names say the backend and precision: `eager-serving`, `onnxruntime-<preci
 product's CPU rewrite, what the Triton CPU model serves), `onnxruntime-<precision>-canonical`
 (the file as written, what Triton's ONNX Runtime backend loads), on a host with a CUDA device
 `onnxruntime-<precision>-cuda` and `-tensorrt` (that file on ORT's CUDA / TensorRT providers),
-`tensorrt-<precision>`, `user-cache-<precision>` / `user-cache-tensorrt-<precision>` (the cached
+`tensorrt-<precision>`, `split-<precision>[-store-<dtype>]` (split mode: the store's lookup feeding
+the dense graph of that precision), `user-cache-<precision>` / `user-cache-tensorrt-<precision>` (the cached
 path on ONNX Runtime / on the two TensorRT plans, miss then hit), and
 `triton-<protocol>:<model>` for a live server, `triton-ort:<model>` for a repository's ONNX Runtime
 backend models opened as that backend opens them. Only when two targets of one backend share a precision does
@@ -52,6 +53,7 @@ class ParityTargets:
     # The cached path, miss then hit: (user encoder, candidate scorer), or {precision: (encoder, scorer)}
     user_cache: tuple[Path, Path] | Mapping[Precision, tuple[Path, Path]] | None = None
     split: tuple[Path, Path] | None = None  # (dense ONNX, embedding store dir): lookup + dense graph (split mode)
+    split_variants: Sequence[Path] = ()  # more dense graphs (fp16 / int8), the same store; precision from each
     # {precision: (user encoder plan, candidate scorer plan)}: the cached path on TensorRT
     user_cache_plans: Mapping[Precision, tuple[Path, Path]] = field(default_factory=dict)
 
@@ -76,7 +78,8 @@ class ParityTargets:
     @property
     def empty(self) -> bool:
         return (not self.onnx and not self.plans and not self.triton_url and self.repository is None
-                and not self.user_cache and self.split is None and not self.user_cache_plans)
+                and not self.user_cache and self.split is None and not self.split_variants
+                and not self.user_cache_plans)
 
 
 def plan_precision(plan: Path) -> Precision:
@@ -127,8 +130,10 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
         from onerank_export.parity.split_runner import SplitRunner
 
         dense, store = targets.split
-        precision = SplitRunner.precision_of(store)
-        runners.append((SplitRunner(dense, store, name=f"split-{precision.value}"), precision))
+        stored = SplitRunner.precision_of(store)
+        for path in (dense, *targets.split_variants):
+            p = detect_precision(path)
+            runners.append((SplitRunner(path, store, name=split_runner_name(p, stored)), loosest(p, stored)))
     if targets.user_cache_plans:
         from onerank_export.parity.user_cache_runner import TensorRTUserCacheRunner
 
@@ -140,6 +145,17 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
     if targets.triton_url:
         runners.append((_triton_runner(targets), Precision.FP32))
     return runners
+
+
+def split_runner_name(dense: Precision, store: Precision) -> str:
+    """`split-<dense precision>`, with `-store-<dtype>` when the rows come from a reduced store."""
+    return f"split-{dense.value}" + (f"-store-{store.value}" if store is not Precision.FP32 else "")
+
+
+def loosest(*precisions: Precision) -> Precision:
+    """The precision whose tolerance a chain of reduced parts is held to: the loosest of its parts."""
+    order = (Precision.FP32, Precision.FP16, Precision.INT8)
+    return max(precisions, key=order.index)
 
 
 def repository_runners(repository: Path) -> list[tuple[Runner, Precision]]:

@@ -55,7 +55,7 @@ def run_verify(checkpoint: Path, targets: ParityTargets, extra_shapes: Sequence[
     cfg = model.cfg
     tolerances = load_tolerances(tolerances_file)
     cases = default_cases(cfg, seed) + [shape_case(cfg, *s, seed=seed) for s in extra_shapes]
-    dense = [targets.split[0]] if targets.split else []
+    dense = [targets.split[0], *targets.split_variants] if targets.split else []
     for path in [*targets.onnx_paths, *dense, *(p for e, s, _ in targets.user_cache_pairs() for p in (e, s))]:
         check_matches_checkpoint(path, cfg, digest)
     with tempfile.TemporaryDirectory(prefix="onerank-verify-") as tmp:
@@ -70,29 +70,36 @@ def run_verify(checkpoint: Path, targets: ParityTargets, extra_shapes: Sequence[
     return report
 
 
-def split_dense(files: list[Path], embeddings: Path | None) -> tuple[list[Path], tuple[Path, Path] | None]:
-    """`verify --onnx dense.onnx --embeddings DIR`: the split dense graph (told apart by its
-    `onerank.graph` metadata) with the store it looks rows up in; a build directory stands for its
-    embeddings/. At most one dense graph, and never one without a store or a store without one."""
+def split_dense(files: list[Path], embeddings: Path | None
+                ) -> tuple[list[Path], tuple[Path, Path] | None, list[Path]]:
+    """`verify --onnx dense.fp32.onnx [--onnx dense.int8.onnx ...] --embeddings DIR`: the split dense
+    graphs (told apart by their `onerank.graph` metadata), one per precision, with the store they look
+    rows up in; a build directory stands for its embeddings/. Returns (other files, (first dense graph,
+    store), the other dense graphs); never a dense graph without a store or a store without one."""
     from onerank_export.embeddings.split import STORE_DIR
-    from onerank_export.export.metadata import GRAPH_KEY, read_metadata
+    from onerank_export.export.metadata import GRAPH_KEY, detect_precision, read_metadata
 
     dense = [p for p in files if read_metadata(p).other.get(GRAPH_KEY) == "dense"]
     rest = [p for p in files if p not in dense]
     if not dense and embeddings is None:
-        return rest, None
+        return rest, None, []
     if not dense:
         raise ConfigError(f"--embeddings {embeddings}: no split dense graph among --onnx; give the build's "
                           "onnx/onerank.dense.fp32.onnx with it")
     if embeddings is None:
         raise ConfigError(f"{dense[0]}: a split dense graph takes looked-up item rows; give its embedding store "
                           "with --embeddings (the build's embeddings/ directory or the build directory)")
-    if len(dense) > 1:
-        raise ConfigError(f"--onnx has {len(dense)} split dense graphs; give one with its --embeddings store")
+    seen: dict[Precision, Path] = {}
+    for path in dense:
+        p = detect_precision(path)
+        if p in seen:
+            raise ConfigError(f"--onnx has two {p} split dense graphs ({seen[p].name}, {path.name}); give one per "
+                              "precision with their --embeddings store")
+        seen[p] = path
     store = Path(embeddings)
     if not (store / "index.json").is_file() and (store / STORE_DIR / "index.json").is_file():
         store = store / STORE_DIR
-    return rest, (dense[0], store)
+    return rest, (dense[0], store), dense[1:]
 
 
 def check_store_matches(store: Path, digest: str) -> None:

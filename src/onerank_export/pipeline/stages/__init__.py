@@ -40,7 +40,7 @@ def plan_stages(options: BuildOptions, config: OneRankConfig | None = None) -> l
         target, why = choose_target(options.target)
         plan = serving_plan(target, why, options.serving_profile, instances=options.instances,
                             threads=options.threads)
-    if split:  # the store + dense graph; engines and the cache: not yet (EmbeddingsStage); fp16/int8 say skipped
+    if split:  # the store + dense graph, then its fp16/int8 variants; engines and the cache: not yet
         stages += [PrecisionStage(p, inputs) for p in options.precisions]
         return [*stages, *([TritonStage(plan)] if plan is not None else []), ParityStage()]
     if options.user_cache:

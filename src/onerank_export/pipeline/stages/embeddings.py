@@ -7,9 +7,11 @@ is judged like a reduced-precision model: dense(lookup_store(ids)) against fp32 
 requests, through calibration/accuracy.py's compare and gates; a failed gate stops the build
 (critical stage: its temporary directory, store and dense ONNX included, is removed).
 
-Not yet in split mode (each refused in preflight with one line): reduced-precision dense graphs
-(their calibration runs need the rows in every ORT feed), TensorRT engines of the dense graph, and
-the user-state cache (its user encoder would need the rows too).
+The precision stages then make the fp16 / int8 dense graphs from onnx/onerank.dense.fp32.onnx,
+calibrated and judged on this store's rows (pipeline/stages/precision.py).
+
+Not yet in split mode (each refused in preflight with one line): TensorRT engines of the dense graph,
+and the user-state cache (its user encoder would need the rows too).
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from onerank_export.errors import StageError
 from onerank_export.pipeline.options import BuildOptions, EngineMode
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
-from onerank_export.pipeline.stages.export import ONNX_DIR
+from onerank_export.pipeline.stages.export import ONNX_DIR, dense_onnx_file_name
 from onerank_export.pipeline.state import EMBEDDINGS, ENGINES, MODEL, ONNX, ONNX_CPU, PLUGIN_LIBRARY, BuildState
 from onerank_export.precision import Precision
 
-DENSE_ONNX = "onerank.dense.fp32.onnx"
+DENSE_ONNX = dense_onnx_file_name(Precision.FP32)
 # --embeddings auto: split past this many bytes of fp32 item table (docs/embeddings.md)
 _STORE_PRECISION = {"fp16": Precision.FP16, "int8": Precision.INT8}
 

@@ -17,6 +17,11 @@ def onnx_file_name(precision: Precision, variant: str = "") -> str:
     return f"onerank.{Precision(precision).value}{'.' + variant if variant else ''}.onnx"
 
 
+def dense_onnx_file_name(precision: Precision) -> str:
+    """onnx/onerank.dense.<precision>.onnx: the split dense graph (item rows as inputs) of a precision."""
+    return f"onerank.dense.{Precision(precision).value}.onnx"
+
+
 def onnx_artifacts(role: str, path: Path) -> dict[str, Path]:
     """The manifest roles of a model file and its external data file, if it has one
     (`onnx_fp32`, `onnx_fp32_data`): both are hashed, neither can change unnoticed."""

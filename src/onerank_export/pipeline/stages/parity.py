@@ -33,6 +33,7 @@ class ParityStage(Stage):
                                 plugin=state.plugin_library, repository=repository,
                                 user_cache=state.user_cache_halves() or None,
                                 split=(split.dense, split.store) if split is not None else None,
+                                split_variants=list(state.split_variants.values()),
                                 user_cache_plans=dict(state.user_cache_engines))
         runners = build_runners(state.model, targets)
         report = run_parity_suite(state.model, runners, default_cases(cfg, seed), state.options.tolerances,

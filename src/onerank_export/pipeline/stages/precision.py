@@ -5,6 +5,11 @@ and adds its entry to reports/calibration.json + calibration.png either way. Wit
 `build --calibration-data FILE` it calibrates (and holds out a disjoint split for the accuracy
 report) on the user's requests, validated once in preflight before any slow work; otherwise on
 the demo generator's, and for a checkpoint that is not the demo the detail says so.
+
+Split mode (`--embeddings split`): the same conversion of onnx/onerank.dense.fp32.onnx into
+onnx/onerank.dense.<precision>.onnx, every request given the item rows the build's embedding store
+returns (its --embedding-dtype), so the gates judge what the ensemble serves: lookup, then the
+reduced dense graph, against fp32 eager.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from onerank_export.config import OneRankConfig
 from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
-from onerank_export.pipeline.stages.export import ONNX_DIR, onnx_artifacts, onnx_file_name
+from onerank_export.pipeline.stages.export import ONNX_DIR, dense_onnx_file_name, onnx_artifacts, onnx_file_name
 from onerank_export.pipeline.stages.parity import REPORTS_DIR
-from onerank_export.pipeline.state import MODEL, ONNX, BuildState
+from onerank_export.pipeline.state import MODEL, ONNX, SPLIT_VARIANTS, BuildState
 from onerank_export.precision import Precision
 
 if TYPE_CHECKING:
@@ -46,7 +51,7 @@ class CalibrationInputs:
 
 class PrecisionStage(Stage):
     requires = (MODEL, ONNX)
-    provides = (ONNX,)
+    provides = (ONNX, SPLIT_VARIANTS)
 
     def __init__(self, precision: Precision | str, inputs: CalibrationInputs | None = None) -> None:
         self.precision = Precision(precision)
@@ -72,20 +77,45 @@ class PrecisionStage(Stage):
     def run(self, state: BuildState) -> StageResult:
         from onerank_export.calibration.pipeline import calibrate
 
-        if state.split is not None:  # no inline graph to convert; the store's precision is --embedding-dtype
-            return StageResult.skipped(self.name, "split mode builds the fp32 dense graph only for now (a reduced "
-                                       "dense graph needs looked-up rows in its calibration runs); "
-                                       "--embedding-dtype fp16|int8 reduces the store")
+        if state.split is not None:
+            return self._run_split(state)
         options = state.options
         settings = self.settings(options)
         sets = self.inputs.get(state.config, settings, options.calibration_data)
         outcome = calibrate(state.onnx[Precision.FP32], state.model, settings,
                             out=state.work / ONNX_DIR / onnx_file_name(self.precision),
                             report_dir=state.work / REPORTS_DIR, sets=sets)
+        if outcome.model_path is not None:
+            state.onnx[self.precision] = outcome.model_path
+        return self._result(state, outcome, f"onnx_{self.precision}")
+
+    def _run_split(self, state: BuildState) -> StageResult:
+        """Split mode: the dense graph converted, calibrated and judged on the rows the served lookup
+        returns (the build's store, in its --embedding-dtype), so the gates judge what is served:
+        dense_p(store rows) against fp32 eager."""
+        from onerank_export.calibration.pipeline import calibrate
+        from onerank_export.embeddings.split import lookup_rows
+        from onerank_export.embeddings.store import open_store
+
+        options, cfg, split = state.options, state.config, state.split
+        settings = self.settings(options)
+        table = open_store(split.store).table("item", rows=cfg.item_vocab_size, dim=cfg.d_model)
+        sets = self.inputs.get(cfg, settings, options.calibration_data).with_inputs(
+            lambda request: lookup_rows(table, request))
+        outcome = calibrate(split.dense, state.model, settings,
+                            out=state.work / ONNX_DIR / dense_onnx_file_name(self.precision),
+                            report_dir=state.work / REPORTS_DIR, sets=sets)
+        if outcome.model_path is not None:
+            state.split_variants[self.precision] = outcome.model_path
+        store = f" on rows of the {split.dtype} store" if split.dtype != "fp32" else ""
+        return self._result(state, outcome, f"onnx_dense_{self.precision}", f"dense graph{store}: ")
+
+    def _result(self, state: BuildState, outcome, role: str, head: str = "") -> StageResult:
+        options = state.options
+        settings = self.settings(options)
         artifacts = {"calibration_report": outcome.report_path, "calibration_plot": outcome.plot_path}
         if outcome.model_path is not None:
-            artifacts |= onnx_artifacts(f"onnx_{self.precision}", outcome.model_path)
-            state.onnx[self.precision] = outcome.model_path
+            artifacts |= onnx_artifacts(role, outcome.model_path)
         entry = outcome.entry
         acc = entry.accuracy
         metrics = {
@@ -100,7 +130,7 @@ class PrecisionStage(Stage):
             "data": entry.data.source,
             "seconds": {k: round(v, 3) for k, v in entry.seconds.items()},
         }
-        detail = outcome.summary
+        detail = head + outcome.summary
         if options.calibration_data is None and not _is_demo_checkpoint(state):
             detail += "; calibrated on demo-generator requests: use `onerank-export calibrate --data` with real ones"
         return StageResult(self.name, Status.OK if outcome.passed else Status.FAILED, detail, artifacts, metrics)
