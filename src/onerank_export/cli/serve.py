@@ -28,11 +28,13 @@ def serve(repository: Path, http_port: int, grpc_port: int, metrics_port: int, s
     python-backend models; Ctrl-C or SIGTERM stops it within a few seconds."""
     from onerank_export.errors import StageError
     from onerank_export.serving.server import TritonServer, resolve_repository, servable_models
+    from onerank_export.serving.store_preflight import check_lookup_stores
 
     repo = resolve_repository(repository)
     load, skipped = servable_models(repo)
     for name, why in skipped:
         console.print(f"skipped: {name} ({why})", markup=False)
+    check_lookup_stores(repo, load)  # a bad embedding store: its one line now, not a server exit later
     server = TritonServer(repo, http_port, grpc_port, log_file=log_file, startup_timeout=startup_timeout,
                           models=load, metrics_port=metrics_port)
     # Installed before the server starts, so a signal during loading stops it too. Background jobs start with
