@@ -7,9 +7,9 @@ is judged like a reduced-precision model: dense(lookup_store(ids)) against fp32 
 requests, through calibration/accuracy.py's compare and gates; a failed gate stops the build
 (critical stage: its temporary directory, store and dense ONNX included, is removed).
 
-Not yet in split mode (each refused in preflight with one line): reduced-precision dense graphs
-(their calibration runs need the rows in every ORT feed), TensorRT engines of the dense graph, and
-the user-state cache (its user encoder would need the rows too).
+The engine stage builds one TensorRT plan per dense graph after this stage and the precision stages
+(role `dense`: the lookup stays outside the engine). Not yet in split mode (refused in preflight with
+one line): the user-state cache (its user encoder would need the rows too).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import StageError
-from onerank_export.pipeline.options import BuildOptions, EngineMode
+from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
 from onerank_export.pipeline.stages.export import ONNX_DIR
-from onerank_export.pipeline.state import EMBEDDINGS, ENGINES, MODEL, ONNX, ONNX_CPU, PLUGIN_LIBRARY, BuildState
+from onerank_export.pipeline.state import EMBEDDINGS, MODEL, ONNX, ONNX_CPU, BuildState
 from onerank_export.precision import Precision
 
 DENSE_ONNX = "onerank.dense.fp32.onnx"
@@ -42,18 +42,15 @@ def split_mode(options: BuildOptions, config: OneRankConfig | None) -> bool:
 class EmbeddingsStage(Stage):
     name = "embeddings"
     requires = (MODEL,)
-    # The dense ONNX goes to state.split; `onnx`, `onnx_cpu`, `engines` stay empty in split mode (no
-    # inline model; the dense model applies the CPU rewrite when it loads; no dense engine yet).
-    provides = (ONNX, ONNX_CPU, ENGINES, PLUGIN_LIBRARY, EMBEDDINGS)
+    # The dense ONNX goes to state.split; `onnx`, `onnx_cpu` stay empty in split mode (no inline model;
+    # the repository writer applies the CPU rewrite to the dense graphs it serves on a cpu target).
+    provides = (ONNX, ONNX_CPU, EMBEDDINGS)
     critical = True  # the repository and parity serve and check these
 
     def preflight(self, options: BuildOptions, config: OneRankConfig) -> None:
         if options.user_cache:
             raise StageError("--user-cache is not available with --embeddings split yet (the user encoder would "
                              "need the looked-up rows too); build with --embeddings inline for the cache")
-        if options.engine is EngineMode.REQUIRE:
-            raise StageError("--engine require: no TensorRT engine of the split dense graph yet; "
-                             "use --engine auto or skip with --embeddings split")
 
     def run(self, state: BuildState) -> StageResult:
         import time
