@@ -4,8 +4,9 @@ Runner names say the backend and precision: `eager-serving`, `onnxruntime-<preci
 product's CPU rewrite, what the Triton CPU model serves), `onnxruntime-<precision>-canonical`
 (the file as written, what Triton's ONNX Runtime backend loads), on a host with a CUDA device
 `onnxruntime-<precision>-cuda` and `-tensorrt` (that file on ORT's CUDA / TensorRT providers),
-`tensorrt-<precision>`, `user-cache-<precision>` / `user-cache-tensorrt-<precision>` (the cached
-path on ONNX Runtime / on the two TensorRT plans, miss then hit), and
+`tensorrt-<precision>`, `split-<dtype>` / `split-tensorrt-<precision>` (the store's lookup feeding
+the dense ONNX in ONNX Runtime / the dense TensorRT plan), `user-cache-<precision>` /
+`user-cache-tensorrt-<precision>` (the cached path on ONNX Runtime / on the two TensorRT plans, miss then hit), and
 `triton-<protocol>:<model>` for a live server, `triton-ort:<model>` for a repository's ONNX Runtime
 backend models opened as that backend opens them. Only when two targets of one backend share a precision does
 `:<file name>` (or the path, if the names agree too) follow, so names stay the same from build to
@@ -52,6 +53,8 @@ class ParityTargets:
     # The cached path, miss then hit: (user encoder, candidate scorer), or {precision: (encoder, scorer)}
     user_cache: tuple[Path, Path] | Mapping[Precision, tuple[Path, Path]] | None = None
     split: tuple[Path, Path] | None = None  # (dense ONNX, embedding store dir): lookup + dense graph (split mode)
+    # {precision: dense TensorRT plan}: the lookup in `split`'s store feeding each plan (split mode on TensorRT)
+    split_plans: Mapping[Precision, Path] = field(default_factory=dict)
     # {precision: (user encoder plan, candidate scorer plan)}: the cached path on TensorRT
     user_cache_plans: Mapping[Precision, tuple[Path, Path]] = field(default_factory=dict)
 
@@ -76,7 +79,8 @@ class ParityTargets:
     @property
     def empty(self) -> bool:
         return (not self.onnx and not self.plans and not self.triton_url and self.repository is None
-                and not self.user_cache and self.split is None and not self.user_cache_plans)
+                and not self.user_cache and self.split is None and not self.user_cache_plans
+                and not self.split_plans)
 
 
 def plan_precision(plan: Path) -> Precision:
@@ -129,6 +133,8 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
         dense, store = targets.split
         precision = SplitRunner.precision_of(store)
         runners.append((SplitRunner(dense, store, name=f"split-{precision.value}"), precision))
+    if targets.split_plans:
+        runners += split_tensorrt_runners(targets)
     if targets.user_cache_plans:
         from onerank_export.parity.user_cache_runner import TensorRTUserCacheRunner
 
@@ -140,6 +146,23 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
     if targets.triton_url:
         runners.append((_triton_runner(targets), Precision.FP32))
     return runners
+
+
+def split_tensorrt_runners(targets: ParityTargets) -> list[tuple[Runner, Precision]]:
+    """`split-tensorrt-<p>` per dense plan, held to the looser of the plan's and the store's precision (an
+    int8 store behind an fp32 plan is an int8 result)."""
+    from onerank_export.parity.split_runner import SplitRunner
+    from onerank_export.parity.tensorrt_runner import SplitTensorRTRunner
+
+    if targets.split is None:
+        raise ConfigError("dense TensorRT plans take looked-up item rows; give their embedding store "
+                          "(the build's embeddings/) with them")
+    store = Path(targets.split[1])
+    order = list(Precision)
+    stored = SplitRunner.precision_of(store)
+    return [(SplitTensorRTRunner(plan, store, plugin_library=targets.plugin,
+                                 name=f"split-tensorrt-{Precision(p).value}"),
+             max(Precision(p), stored, key=order.index)) for p, plan in targets.split_plans.items()]
 
 
 def repository_runners(repository: Path) -> list[tuple[Runner, Precision]]:
