@@ -172,7 +172,8 @@ def test_gpu_target_lookup_on_the_cpu_dense_models_on_the_gpu_trt_only_where_pla
         (out / "onnx" / "onerank.dense.fp32.onnx").read_bytes()
     readme = (repo.path / "README.md").read_text()
     assert "--backend-config=tensorrt,plugins=$PWD/plugins/libonerank_plugins.so" in readme
-    assert "--load-model onerank_trt_fp32" in readme
+    assert "--load-model onerank_lookup --load-model onerank_dense_trt_fp32 \\\n        --load-model onerank_trt_fp32" \
+        in readme
     assert check_repository(repo.path, "gpu") == [] and wiring_problems(cfgs) == []
 
 

@@ -169,4 +169,6 @@ def split_notes(target: Target, ensembles: list[str]) -> str:
                    "onnxruntime and tensorrt; the lookup model imports onerank_export and numpy (give its stub a\n"
                    "Python environment with the package: the python backend's EXECUTION_ENV_PATH parameter):\n\n"
                    "    tritonserver --model-repository $PWD/model_repository --model-control-mode explicit \\\n"
-                   "        --load-model onerank_trt_fp32       # loads onerank_lookup and onerank_dense_trt_fp32\n")
+                   "        --load-model onerank_lookup --load-model onerank_dense_trt_fp32 \\\n"
+                   "        --load-model onerank_trt_fp32\n"
+                   "\n(each ensemble with its two steps; add the plugin flag above for the TensorRT models).\n")
