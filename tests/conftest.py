@@ -71,6 +71,19 @@ def tiny_halves(tiny_fp32_onnx, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_dense_onnx(tiny_fp32_onnx, tmp_path_factory):
+    """(model, path): the split dense graph (hist_item_rows / cand_item_rows as inputs) of
+    `tiny_fp32_onnx`'s model, exported once per session (~10 s)."""
+    from onerank_export.export.onnx_config import SPLIT_DENSE_ONNX_CONFIG
+    from onerank_export.export.onnx_export import export_onnx
+
+    model, _ = tiny_fp32_onnx
+    path = tmp_path_factory.mktemp("tiny-dense") / "onerank.dense.fp32.onnx"
+    export_onnx(model, path, checkpoint_sha256="cd" * 32, export_config=SPLIT_DENSE_ONNX_CONFIG)
+    return model, path
+
+
+@pytest.fixture(scope="session")
 def tiny_halves_onnx(tiny_halves):
     """The same exports, under the name the engine and TensorRT-runner tests use."""
     return tiny_halves

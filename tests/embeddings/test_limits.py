@@ -16,6 +16,7 @@ from onerank_export.embeddings.limits import (
     inline_problems,
     needs_split,
 )
+from onerank_export.engine.tensorrt.availability import tensorrt_unavailable_reason
 
 
 @pytest.mark.parametrize("changes", [{}, {"n_layers": 3, "num_anchor_tokens": 0, "num_context_fields": 3},
@@ -79,7 +80,9 @@ def test_a_40m_row_table_is_refused_inline_before_any_work(capsys, config_only, 
 @pytest.mark.parametrize(("argv", "expected"), [
     # auto chooses split for a 2.15 GiB table, and split mode's own refusals then apply in preflight
     (("--precision", "none", "--user-cache"), "--user-cache is not available with --embeddings split yet"),
-    (("--embeddings", "split", "--engine", "require"), "no TensorRT engine of the split dense graph yet"),
+    # split mode builds dense engines: --engine require is refused only where TensorRT is missing, as inline
+    pytest.param(("--embeddings", "split", "--engine", "require"), "--engine require: cannot build TensorRT engines "
+                 "here", marks=pytest.mark.skipif(tensorrt_unavailable_reason() is None, reason="TensorRT is here")),
     (("--embeddings", "inline", "--precision", "fp16"), "fp16 of an inline model of 2.15 GiB is not supported"),
     (("--split-threshold", "lots"), "'lots' is not a size"),
 ])

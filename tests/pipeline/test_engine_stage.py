@@ -206,3 +206,64 @@ def test_a_failed_half_is_one_line_and_its_pair_is_not_handed_on(toolchain, call
     assert result.detail == ("1 of 3 engine(s) failed, first candidate scorer fp32: sc.onnx has 1 MatchingScore "
                              "node(s); a plugin library is needed to build it; built fp32, user encoder fp32")
     assert state.user_cache_engines == {} and set(state.engines) == {FP32}
+
+
+# ----- split mode (build --embeddings split): one plan per dense graph --------------------------
+
+
+def _split_state(tmp_path, variants=()):
+    from onerank_export.pipeline.state import BuildState
+    from onerank_export.serving.repository import SplitModels
+
+    state = BuildState(BuildOptions(out=tmp_path / "b", embeddings="split"), tmp_path, tmp_path / "out",
+                       split=SplitModels(tmp_path / "onerank.dense.fp32.onnx", tmp_path / "embeddings"),
+                       split_variants={p: tmp_path / f"onerank.dense.{p}.onnx" for p in variants})
+    state.model = type("Loaded", (), {"cfg": TINY})()  # the stage reads state.config only
+    return state
+
+
+def test_split_mode_plans_the_engine_stage_after_the_precisions_and_before_triton(tmp_path):
+    from onerank_export.pipeline.stages import plan_stages
+
+    options = BuildOptions(out=tmp_path / "b", embeddings="split", precisions=("fp16", "int8"), target="cpu")
+    names = [s.name for s in plan_stages(options, TINY)]
+    assert names == ["checkpoint", "embeddings", "fp16", "int8", "engine", "triton", "parity"]
+    no_repo = [s.name for s in plan_stages(dataclasses.replace(options, triton=False), TINY)]
+    assert no_repo == ["checkpoint", "embeddings", "fp16", "int8", "engine", "parity"]
+
+
+def test_split_mode_builds_one_dense_plan_per_precision_with_the_plugin(toolchain, calls, tmp_path):
+    given = tmp_path / "given.so"
+    given.write_bytes(b"plugin")
+    state = _split_state(tmp_path, variants=(Precision.FP16,))
+    assert list(state.split_dense()) == [FP32, Precision.FP16]
+    result = EngineStage("require", given, toolchain=toolchain, progress=quiet).run(state)
+    assert result.status is Status.OK, result.detail
+    lib = state.work / "plugins" / "libonerank_plugins.so"
+    assert calls == [("dense", "fp32", lib, "onerank.dense.fp32.onnx", "onerank.dense.fp32.plan"),
+                     ("dense", "fp16", lib, "onerank.dense.fp16.onnx", "onerank.dense.fp16.plan")]
+    assert set(result.artifacts) == {"plugin_library"} | {f"{kind}_dense_{p}" for kind in ("engine", "plan_meta")
+                                                          for p in ("fp32", "fp16")}
+    assert result.detail.startswith("dense fp32, dense fp16 engine(s) with the libonerank_plugins.so plugin")
+    engines = state.work / "engines"
+    assert state.split_engines == {p: engines / f"onerank.dense.{p}.plan" for p in (FP32, Precision.FP16)}
+    assert state.engines == {} and state.plugin_library == lib  # no single graph in split mode
+    build_manifest(state.work, TINY, {}, {}, [result])  # every listed file exists
+
+
+def test_split_mode_a_failed_dense_precision_is_one_line_and_not_handed_on(toolchain, calls, tmp_path):
+    given = tmp_path / "given.so"
+    given.write_bytes(b"plugin")
+    state = _split_state(tmp_path, variants=(INT8,))  # the stand-in fails every int8 build
+    result = EngineStage("auto", given, toolchain=toolchain, progress=quiet).run(state)
+    assert result.status is Status.FAILED and "\n" not in result.detail
+    assert result.detail == ("1 of 2 engine(s) failed, first dense int8: onerank.int8.onnx: TensorRT's ONNX parser "
+                             "failed at node 7 'q' (QuantizeLinear): x; built dense fp32")
+    assert set(state.split_engines) == {FP32} and "engine_dense_int8" not in result.artifacts
+
+
+@needs_no_tensorrt
+def test_split_mode_auto_is_skipped_with_the_reason(tmp_path):
+    state = _split_state(tmp_path)
+    result = EngineStage("auto").run(state)
+    assert result.verdict == f"skipped: {REASON}" and state.split_engines == {} and not state.work.exists()

@@ -4,9 +4,10 @@ Runner names say the backend and precision: `eager-serving`, `onnxruntime-<preci
 product's CPU rewrite, what the Triton CPU model serves), `onnxruntime-<precision>-canonical`
 (the file as written, what Triton's ONNX Runtime backend loads), on a host with a CUDA device
 `onnxruntime-<precision>-cuda` and `-tensorrt` (that file on ORT's CUDA / TensorRT providers),
-`tensorrt-<precision>`, `split-<precision>[-store-<dtype>]` (split mode: the store's lookup feeding
-the dense graph of that precision), `user-cache-<precision>` / `user-cache-tensorrt-<precision>` (the cached
-path on ONNX Runtime / on the two TensorRT plans, miss then hit), and
+`tensorrt-<precision>`, `split-<precision>[-store-<dtype>]` / `split-tensorrt-<precision>[-store-<dtype>]`
+(split mode: the store's lookup feeding the dense ONNX of that precision in ONNX Runtime / its dense
+TensorRT plan), `user-cache-<precision>` / `user-cache-tensorrt-<precision>` (the cached path on ONNX
+Runtime / on the two TensorRT plans, miss then hit), and
 `triton-<protocol>:<model>` for a live server, `triton-ort:<model>` for a repository's ONNX Runtime
 backend models opened as that backend opens them. Only when two targets of one backend share a precision does
 `:<file name>` (or the path, if the names agree too) follow, so names stay the same from build to
@@ -54,6 +55,8 @@ class ParityTargets:
     user_cache: tuple[Path, Path] | Mapping[Precision, tuple[Path, Path]] | None = None
     split: tuple[Path, Path] | None = None  # (dense ONNX, embedding store dir): lookup + dense graph (split mode)
     split_variants: Sequence[Path] = ()  # more dense graphs (fp16 / int8), the same store; precision from each
+    # {precision: dense TensorRT plan}: the lookup in `split`'s store feeding each plan (split mode on TensorRT)
+    split_plans: Mapping[Precision, Path] = field(default_factory=dict)
     # {precision: (user encoder plan, candidate scorer plan)}: the cached path on TensorRT
     user_cache_plans: Mapping[Precision, tuple[Path, Path]] = field(default_factory=dict)
 
@@ -79,7 +82,7 @@ class ParityTargets:
     def empty(self) -> bool:
         return (not self.onnx and not self.plans and not self.triton_url and self.repository is None
                 and not self.user_cache and self.split is None and not self.split_variants
-                and not self.user_cache_plans)
+                and not self.user_cache_plans and not self.split_plans)
 
 
 def plan_precision(plan: Path) -> Precision:
@@ -134,6 +137,8 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
         for path in (dense, *targets.split_variants):
             p = detect_precision(path)
             runners.append((SplitRunner(path, store, name=split_runner_name(p, stored)), loosest(p, stored)))
+    if targets.split_plans:
+        runners += split_tensorrt_runners(targets)
     if targets.user_cache_plans:
         from onerank_export.parity.user_cache_runner import TensorRTUserCacheRunner
 
@@ -147,15 +152,32 @@ def build_runners(model: OneRankModel, targets: ParityTargets) -> list[tuple[Run
     return runners
 
 
-def split_runner_name(dense: Precision, store: Precision) -> str:
-    """`split-<dense precision>`, with `-store-<dtype>` when the rows come from a reduced store."""
-    return f"split-{dense.value}" + (f"-store-{store.value}" if store is not Precision.FP32 else "")
+def split_runner_name(dense: Precision, store: Precision, backend: str = "split") -> str:
+    """`split-<dense precision>` (`split-tensorrt-...` for a plan), with `-store-<dtype>` when the rows
+    come from a reduced store."""
+    return f"{backend}-{dense.value}" + (f"-store-{store.value}" if store is not Precision.FP32 else "")
 
 
 def loosest(*precisions: Precision) -> Precision:
     """The precision whose tolerance a chain of reduced parts is held to: the loosest of its parts."""
     order = (Precision.FP32, Precision.FP16, Precision.INT8)
     return max(precisions, key=order.index)
+
+
+def split_tensorrt_runners(targets: ParityTargets) -> list[tuple[Runner, Precision]]:
+    """`split-tensorrt-<p>` per dense plan, held to the looser of the plan's and the store's precision (an
+    int8 store behind an fp32 plan is an int8 result)."""
+    from onerank_export.parity.split_runner import SplitRunner
+    from onerank_export.parity.tensorrt_runner import SplitTensorRTRunner
+
+    if targets.split is None:
+        raise ConfigError("dense TensorRT plans take looked-up item rows; give their embedding store "
+                          "(the build's embeddings/) with them")
+    store = Path(targets.split[1])
+    stored = SplitRunner.precision_of(store)
+    return [(SplitTensorRTRunner(plan, store, plugin_library=targets.plugin,
+                                 name=split_runner_name(Precision(p), stored, "split-tensorrt")),
+             loosest(Precision(p), stored)) for p, plan in targets.split_plans.items()]
 
 
 def repository_runners(repository: Path) -> list[tuple[Runner, Precision]]:

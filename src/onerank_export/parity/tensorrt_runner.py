@@ -134,6 +134,46 @@ class TensorRTRunner(Runner):
         self.session = None
 
 
+class SplitTensorRTRunner(Runner):
+    """Split mode on TensorRT: the embedding store's lookup (embeddings/split.py) feeding the dense plan,
+    what the gpu repository's `onerank_trt_<p>` ensemble serves (onerank_lookup -> onerank_dense_trt_<p>)."""
+
+    def __init__(self, plan: str | Path, store: str | Path, plugin_library: str | Path | None = None,
+                 name: str | None = None) -> None:
+        self.plan, self.store = Path(plan), Path(store)
+        super().__init__(name or f"split-tensorrt:{self.plan.name}")
+        self.plugin_library = Path(plugin_library) if plugin_library is not None else default_plugin_for(self.plan)
+        self.session: EngineSession | None = None
+        self.table = None
+
+    def activate_impl(self) -> None:
+        from onerank_export.embeddings.split import DENSE_INPUT_NAMES
+        from onerank_export.embeddings.store import open_store
+
+        # The store first: it is checked on any host, the engine only where CUDA and TensorRT are.
+        table = open_store(self.store, verify=True).table("item")
+        session = EngineSession(self.plan, self.plugin_library)
+        session.open()
+        names = {**session.inputs, **session.outputs}
+        missing = [n for n in (*DENSE_INPUT_NAMES, *spec.OUTPUT_NAMES) if n not in names]
+        if missing:
+            session.close()
+            raise StageError(f"{self.plan}: engine has no tensor '{missing[0]}' of the split dense graph (it has "
+                             f"{sorted(names)}); give the onerank.dense.<p>.plan")
+        self.session, self.table = session, table
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from onerank_export.embeddings.split import dense_feed
+
+        out = self.session.infer(dense_feed(self.table, feed))
+        return {name: out[name] for name in spec.OUTPUT_NAMES}
+
+    def deactivate_impl(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.session = self.table = None
+
+
 # ----- TensorRT calls -----------------------------------------------------------------------------
 
 

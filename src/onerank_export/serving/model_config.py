@@ -236,27 +236,39 @@ def lookup_config(name: str, config: OneRankConfig, plan: ServingPlan, store: st
     return cfg
 
 
-def dense_configs(name: str, config: OneRankConfig, plan: ServingPlan) -> tuple[mc.ModelConfig, mc.ModelConfig]:
-    """(python-backend dense model `name`, served here; `<name>_onnx_fp32` for Triton's ONNX Runtime backend)."""
+def _with_rows(cfg: mc.ModelConfig, config: OneRankConfig) -> mc.ModelConfig:
     from onerank_export.embeddings.split import ROW_INPUTS
 
-    python = python_onnx_config(name, config, plan)
-    ort = onnxruntime_config(f"{name}_onnx_fp32", config, "fp32", plan)
-    for cfg in (python, ort):
-        cfg.input.extend(_row_tensor(row, config) for row in ROW_INPUTS)
-    return python, ort
+    cfg.input.extend(_row_tensor(row, config) for row in ROW_INPUTS)
+    return cfg
 
 
-def ensemble_config(name: str, config: OneRankConfig, lookup: str, dense: str) -> mc.ModelConfig:
+def dense_python_config(name: str, config: OneRankConfig, plan: ServingPlan) -> mc.ModelConfig:
+    """The python-backend dense model (serving/dense_model.py): the fp32 dense ONNX, served here (cpu target)."""
+    return _with_rows(python_onnx_config(name, config, plan), config)
+
+
+def dense_onnxruntime_config(name: str, config: OneRankConfig, precision: str, plan: ServingPlan) -> mc.ModelConfig:
+    """The dense ONNX of one precision on Triton's ONNX Runtime backend, the plan's instance kind."""
+    return _with_rows(onnxruntime_config(name, config, precision, plan), config)
+
+
+def dense_tensorrt_config(name: str, config: OneRankConfig, precision: str, plan: ServingPlan) -> mc.ModelConfig:
+    """The dense TensorRT plan of one precision (gpu target); the plugin parameters are the caller's."""
+    return _with_rows(tensorrt_config(name, config, precision, plan), config)
+
+
+def ensemble_config(name: str, config: OneRankConfig, lookup: str, dense: str,
+                    precision: str = "fp32") -> mc.ModelConfig:
     """The serving contract (same inputs, outputs and `onerank.config` as the inline model): step 1 the
-    lookup, step 2 the dense model."""
+    lookup, step 2 the dense model (of `precision`)."""
     from onerank_export.embeddings.split import DENSE_INPUT_NAMES, ROW_INPUTS
 
     inputs, outputs = io_tensors(config)
     cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=config.serving.max_batch_size,
                          input=inputs, output=outputs)
     cfg.parameters[CONFIG_PARAMETER].string_value = json.dumps(config.to_dict(), sort_keys=True)
-    cfg.parameters[PRECISION_PARAMETER].string_value = "fp32"
+    cfg.parameters[PRECISION_PARAMETER].string_value = str(precision)
     first = cfg.ensemble_scheduling.step.add(model_name=lookup, model_version=-1)
     for row, ids in ROW_INPUTS.items():
         first.input_map[ids] = ids

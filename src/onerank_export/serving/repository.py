@@ -10,13 +10,14 @@
         onerank_onnx_<precision>/        platform onnxruntime_onnx, 1/model.onnx (CPU-rewritten), for
                                          Triton's own ONNX Runtime backend with the plan's thread counts
 
+Split mode's repository (lookup + dense models behind ensembles of the same names): split_repository.py.
+
 Every config is built as a ModelConfig protobuf, written as text, then parsed back through the
 schema and compared, so what lands on disk is exactly what was validated.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,8 +32,6 @@ from onerank_export.io import sha256_file, write_text
 from onerank_export.serving import model_config as mcfg
 from onerank_export.serving.parameters import (
     CANDIDATE_SCORER_FILE,
-    EMBEDDING_BACKEND_PARAMETER,
-    EMBEDDING_REDIS_URL_PARAMETER,
     PLUGIN_PARAMETER,
     USER_ENCODER_FILE,
 )
@@ -154,53 +153,6 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
     artifacts["triton_readme"] = write_text(repo / "README.md", launch_notes(plan, plugin))
     return ModelRepository(repo, plan, models, python_model, len(engines) if plan.target is Target.GPU else 0,
                            len(served), artifacts)
-
-
-def write_split_repository(out_dir: Path, config: OneRankConfig, plan: ServingPlan,
-                           split: SplitModels) -> ModelRepository:
-    """Split mode, cpu target: `onerank` (ensemble: onerank_lookup -> onerank_dense), the dense model for
-    Triton's ONNX Runtime backend (`onerank_dense_onnx_fp32`, CPU-rewritten), and no copy of the store:
-    the lookup model reads `out_dir`/embeddings through a path relative to its model directory."""
-    import onnx
-
-    from onerank_export.export.ort_cpu_graph import rewrite_for_ort_cpu
-    from onerank_export.io import atomic_path
-
-    if plan.target is not Target.CPU:
-        raise StageError(f"split mode is served by python-backend models on the CPU for now, not in a "
-                         f"{plan.target}-target repository; build with --target cpu")
-    repo = out_dir / REPOSITORY_DIR
-    store = Path(os.path.relpath(split.store, repo / LOOKUP_MODEL))
-    artifacts: dict[str, Path] = {}
-    lookup = mcfg.lookup_config(LOOKUP_MODEL, config, plan, str(store))
-    if split.backend == "redis":
-        lookup.parameters[EMBEDDING_BACKEND_PARAMETER].string_value = "redis"
-        lookup.parameters[EMBEDDING_REDIS_URL_PARAMETER].string_value = split.redis_url or ""
-    artifacts |= _write_model(repo / LOOKUP_MODEL, lookup, {"model.py": LOOKUP_MODEL_SOURCE})
-    python, ort = mcfg.dense_configs(DENSE_MODEL, config, plan)
-    artifacts |= _write_model(repo / DENSE_MODEL, python, {"model.onnx": split.dense, "model.py": DENSE_MODEL_SOURCE})
-    rewritten = repo / ort.name / "1" / "model.onnx"
-    with atomic_path(rewritten) as tmp:
-        onnx.save_model(rewrite_for_ort_cpu(onnx.load(str(split.dense))), str(tmp))
-    artifacts |= _write_model(repo / ort.name, ort, {})
-    artifacts[f"triton_{ort.name}_model"] = rewritten
-    artifacts |= _write_model(repo / CPU_MODEL, mcfg.ensemble_config(CPU_MODEL, config, LOOKUP_MODEL, DENSE_MODEL), {})
-    artifacts["triton_readme"] = write_text(repo / "README.md", launch_notes(plan, None) + SPLIT_NOTES)
-    models = [CPU_MODEL, LOOKUP_MODEL, DENSE_MODEL, ort.name]
-    return ModelRepository(repo, plan, models, CPU_MODEL, 0, 1, artifacts)
-
-
-SPLIT_NOTES = """
-## Split mode (docs/embeddings.md)
-
-`onerank` is an ensemble: `onerank_lookup` (python backend) reads item rows from the embedding store
-and `onerank_dense` runs the dense graph on them; clients see the same contract as the inline model.
-The store is not copied: `onerank_lookup` memory-maps `../../embeddings` (its `onerank.embedding_store`
-parameter, relative to `model_repository/onerank_lookup/`). Moving the repository without the build
-directory: move `embeddings/` along at the same relative place, or set the parameter to the store's
-absolute path. On NVIDIA's Triton container, point the ensemble's second step at
-`onerank_dense_onnx_fp32` (ONNX Runtime backend) instead of the python-backend `onerank_dense`.
-"""
 
 
 HALF_ROLES = ("user_encoder", "candidate_scorer")

@@ -179,3 +179,33 @@ def test_a_scorer_state_outside_the_profile_is_refused(demo_halves, plugin_libra
     with pytest.raises(RequestError, match="outside the engine's profile"):
         session.infer(too_long)
     session.close()
+
+
+# ----- split mode (issue 13): the store's lookup feeding the dense graph's plan ---------------------
+
+
+def test_split_dense_engine_builds_and_scores_looked_up_rows_like_eager(demo_model, demo_checkpoint, plugin_library,
+                                                                        tmp_path):
+    from onerank_export.embeddings.store import write_store
+    from onerank_export.engine.tensorrt.plan_metadata import plan_role
+    from onerank_export.export.onnx_config import SPLIT_DENSE_ONNX_CONFIG
+    from onerank_export.export.onnx_export import export_onnx
+    from onerank_export.parity.targets import ParityTargets, build_runners
+
+    dense = tmp_path / "onnx" / "onerank.dense.fp32.onnx"
+    export_onnx(demo_model, dense, export_config=SPLIT_DENSE_ONNX_CONFIG)
+    store = tmp_path / "embeddings"
+    write_store(demo_checkpoint, store, "fp32")
+    result = EngineStage("require", plugin_library).build({}, tmp_path, demo_model.cfg,
+                                                          dense={Precision.FP32: dense})
+    assert result.status.value == "ok", result.verdict
+    meta = read_plan_metadata(result.artifacts["plan_meta_dense_fp32"])
+    assert plan_role(meta) == "dense" and meta["plugin_layers"] == 1
+    assert meta["io_dtypes"]["hist_item_rows"] == "float32"
+    cfg = demo_model.cfg
+    targets = ParityTargets(split=(dense, store), split_plans={Precision.FP32: result.artifacts["engine_dense_fp32"]},
+                            plugin=plugin_library)
+    runners = [(r, p) for r, p in build_runners(demo_model, targets) if r.name == "split-tensorrt-fp32"]
+    cases = [*default_cases(cfg, seed=0), shape_case(cfg, cfg.serving.max_batch_size, 64, 96, seed=1, name="max")]
+    report = run_parity(EagerDenseRunner(demo_model), runners, cases, DEFAULT_TOLERANCES)
+    assert report.counts()["skipped"] == 0 and report.passed, json.dumps(report.to_dict()["cases"][:1])

@@ -111,9 +111,10 @@ def build_engine(onnx_path: Path, plan_path: Path, config: OneRankConfig, precis
                  workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, progress: Progress | None = None) -> EngineBuild:
     """Build `plan_path` (+ `<plan>.json`) from `onnx_path`; a one-line StageError on failure.
 
-    `role`: which graph `onnx_path` is (serving, user_encoder or candidate_scorer): it picks the
-    optimisation profile and is recorded in the metadata. The plan is written atomically: a failed
-    build leaves no plan behind.
+    `role`: which graph `onnx_path` is (serving, user_encoder, candidate_scorer, or split mode's
+    dense graph): it picks the optimisation profile and is recorded in the metadata with the graph's
+    I/O dtypes. Every role but user_encoder has a MatchingScore node and needs `plugin_library`.
+    The plan is written atomically: a failed build leaves no plan behind.
     """
     note = progress or (lambda _msg: None)
     # Refused before TensorRT is touched, so these checks hold (and are tested) on any host.

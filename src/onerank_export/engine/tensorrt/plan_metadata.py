@@ -29,7 +29,8 @@ __all__ = ["ROLES", "SERVING", "ProfileShapes", "optimization_profile"]
 
 
 def plan_file_name(precision: str, role: str = SERVING) -> str:
-    """`onerank.<p>.plan` for the single graph, `onerank.<role>.<p>.plan` for a half of it."""
+    """`onerank.<p>.plan` for the single graph, `onerank.<role>.<p>.plan` for a half of it or for split
+    mode's dense graph (`onerank.dense.<p>.plan`)."""
     if role not in ROLES:
         raise StageError(f"unknown engine role {role!r} (known: {', '.join(ROLES)})")
     try:

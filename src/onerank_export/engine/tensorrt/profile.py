@@ -1,11 +1,13 @@
 """The one optimisation profile of each engine, and the TensorRT rules it must keep (pure, no TensorRT).
 
-Three graphs are built into engines (their `role`, as the ONNX export names it):
+Four graphs are built into engines (their `role`, as the ONNX export names it):
 
     serving           the request tensors of the serving contract (spec.profile_shapes)
     user_encoder      hist_item_ids, hist_action_ids (the same contract tensors)
     candidate_scorer  the user states (user_states.StateSpec.profile_shapes: U = hist_len +
                       num_anchor_tokens) + context_ids, cand_item_ids, cand_features
+    dense             split mode: the contract tensors + hist_item_rows / cand_item_rows
+                      (embeddings/split.py), each row tensor its id tensor's shape + d_model
 
 Every range comes from `spec.axis_range` / `user_states.axis_range`, the ranges the exported
 ONNX, the Triton configs and the request checks read, so an engine accepts exactly what they accept.
@@ -29,8 +31,8 @@ from onerank_export.errors import StageError
 ProfileShapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 Dims = Sequence[int | str]  # one input's dims: a size, or the name of a dynamic axis ("" or -1: unnamed)
 
-SERVING, USER_ENCODER, CANDIDATE_SCORER = "serving", "user_encoder", "candidate_scorer"
-ROLES = (SERVING, USER_ENCODER, CANDIDATE_SCORER)
+SERVING, USER_ENCODER, CANDIDATE_SCORER, DENSE = "serving", "user_encoder", "candidate_scorer", "dense"
+ROLES = (SERVING, USER_ENCODER, CANDIDATE_SCORER, DENSE)
 
 
 def input_names(config: OneRankConfig, role: str = SERVING) -> tuple[str, ...]:
@@ -44,6 +46,10 @@ def input_names(config: OneRankConfig, role: str = SERVING) -> tuple[str, ...]:
         return ENCODER_INPUTS
     if role == CANDIDATE_SCORER:
         return scorer_input_names(config)
+    if role == DENSE:
+        from onerank_export.embeddings.split import DENSE_INPUT_NAMES
+
+        return DENSE_INPUT_NAMES
     raise StageError(f"unknown engine role {role!r} (known: {', '.join(ROLES)})")
 
 
@@ -53,10 +59,12 @@ def declared_inputs(config: OneRankConfig, role: str = SERVING) -> dict[str, tup
 
     states = {s.name: s for s in state_specs(config)}
     contract = {s.name: s for s in spec.INPUTS}
+    rows = _row_inputs()
     out = {}
     for name in input_names(config, role):
-        s = states.get(name) or contract[name]
-        out[name] = tuple(a if d is None else d for a, d in zip(s.axes, s.static_dims(config), strict=True))
+        s = states.get(name) or contract[rows.get(name, name)]
+        dims = tuple(a if d is None else d for a, d in zip(s.axes, s.static_dims(config), strict=True))
+        out[name] = (*dims, config.d_model) if name in rows else dims  # a row: its ids' axes + d_model
     return out
 
 
@@ -66,8 +74,23 @@ def optimization_profile(config: OneRankConfig, role: str = SERVING) -> ProfileS
 
     states = {s.name: s for s in state_specs(config)}
     contract = {s.name: s for s in spec.INPUTS}
-    return {name: states[name].profile_shapes(config) if name in states else spec.profile_shapes(config, contract[name])
-            for name in input_names(config, role)}
+    rows = _row_inputs()
+    out: ProfileShapes = {}
+    for name in input_names(config, role):
+        if name in states:
+            out[name] = states[name].profile_shapes(config)
+        elif name in rows:  # the id tensor's (min, opt, max), one more static axis: one source for both
+            out[name] = tuple((*shape, config.d_model) for shape in spec.profile_shapes(config, contract[rows[name]]))
+        else:
+            out[name] = spec.profile_shapes(config, contract[name])
+    return out
+
+
+def _row_inputs() -> dict[str, str]:
+    """{row input: the id input it is looked up from} of the split dense graph."""
+    from onerank_export.embeddings.split import ROW_INPUTS
+
+    return dict(ROW_INPUTS)
 
 
 def onnx_input_dims(onnx_path: Path) -> dict[str, tuple[int | str, ...]]:

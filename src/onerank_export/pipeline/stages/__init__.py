@@ -2,6 +2,7 @@
 
     checkpoint -> export fp32 -> [user cache] -> fp16 -> int8 -> [user cache fp16 -> user cache int8]
         -> cpu onnx -> engine -> triton -> parity
+    split mode: checkpoint -> embeddings -> fp16 -> int8 -> engine (the dense graphs) -> triton -> parity
 
 Parity runs last so it checks what the repository serves, loaded as Triton's backend loads it.
 """
@@ -40,8 +41,9 @@ def plan_stages(options: BuildOptions, config: OneRankConfig | None = None) -> l
         target, why = choose_target(options.target)
         plan = serving_plan(target, why, options.serving_profile, instances=options.instances,
                             threads=options.threads)
-    if split:  # the store + dense graph, then its fp16/int8 variants; engines and the cache: not yet
+    if split:  # the store + dense graph, its precisions, one engine per dense graph; no cache (EmbeddingsStage)
         stages += [PrecisionStage(p, inputs) for p in options.precisions]
+        stages.append(EngineStage(options.engine, options.plugin_library))
         return [*stages, *([TritonStage(plan)] if plan is not None else []), ParityStage()]
     if options.user_cache:
         stages.append(UserCacheStage())

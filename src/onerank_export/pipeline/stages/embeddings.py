@@ -8,10 +8,9 @@ requests, through calibration/accuracy.py's compare and gates; a failed gate sto
 (critical stage: its temporary directory, store and dense ONNX included, is removed).
 
 The precision stages then make the fp16 / int8 dense graphs from onnx/onerank.dense.fp32.onnx,
-calibrated and judged on this store's rows (pipeline/stages/precision.py).
-
-Not yet in split mode (each refused in preflight with one line): TensorRT engines of the dense graph,
-and the user-state cache (its user encoder would need the rows too).
+calibrated and judged on this store's rows (pipeline/stages/precision.py), and the engine stage builds
+one TensorRT plan per dense graph (role `dense`: the lookup stays outside the engine). Not yet in split
+mode (refused in preflight with one line): the user-state cache (its user encoder would need the rows too).
 """
 
 from __future__ import annotations
@@ -20,11 +19,11 @@ import numpy as np
 
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import StageError
-from onerank_export.pipeline.options import BuildOptions, EngineMode
+from onerank_export.pipeline.options import BuildOptions
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
 from onerank_export.pipeline.stages.export import ONNX_DIR, dense_onnx_file_name
-from onerank_export.pipeline.state import EMBEDDINGS, ENGINES, MODEL, ONNX, ONNX_CPU, PLUGIN_LIBRARY, BuildState
+from onerank_export.pipeline.state import EMBEDDINGS, MODEL, ONNX, ONNX_CPU, BuildState
 from onerank_export.precision import Precision
 
 DENSE_ONNX = dense_onnx_file_name(Precision.FP32)
@@ -44,18 +43,15 @@ def split_mode(options: BuildOptions, config: OneRankConfig | None) -> bool:
 class EmbeddingsStage(Stage):
     name = "embeddings"
     requires = (MODEL,)
-    # The dense ONNX goes to state.split; `onnx`, `onnx_cpu`, `engines` stay empty in split mode (no
-    # inline model; the dense model applies the CPU rewrite when it loads; no dense engine yet).
-    provides = (ONNX, ONNX_CPU, ENGINES, PLUGIN_LIBRARY, EMBEDDINGS)
+    # The dense ONNX goes to state.split; `onnx`, `onnx_cpu` stay empty in split mode (no inline model;
+    # the repository writer applies the CPU rewrite to the dense graphs it serves on a cpu target).
+    provides = (ONNX, ONNX_CPU, EMBEDDINGS)
     critical = True  # the repository and parity serve and check these
 
     def preflight(self, options: BuildOptions, config: OneRankConfig) -> None:
         if options.user_cache:
             raise StageError("--user-cache is not available with --embeddings split yet (the user encoder would "
                              "need the looked-up rows too); build with --embeddings inline for the cache")
-        if options.engine is EngineMode.REQUIRE:
-            raise StageError("--engine require: no TensorRT engine of the split dense graph yet; "
-                             "use --engine auto or skip with --embeddings split")
 
     def run(self, state: BuildState) -> StageResult:
         import time

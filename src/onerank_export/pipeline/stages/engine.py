@@ -6,7 +6,9 @@
 
 Artifacts: `plugin_library`, `engine_<precision>` (the plan) and `plan_meta_<precision>` (its
 `.json`); with the user-state cache's halves (build --user-cache), also `engine_user_encoder_<p>`,
-`engine_candidate_scorer_<p>` and their `plan_meta_*` for every precision whose halves exist. Only
+`engine_candidate_scorer_<p>` and their `plan_meta_*` for every precision whose halves exist; in split
+mode (build --embeddings split) `engine_dense_<p>` and `plan_meta_dense_<p>` for every precision of the
+dense graph (the store's lookup stays outside the engine: it feeds the rows). Only
 files that exist are listed: a plan is written atomically after a successful build, and a plan
 that fails to build contributes nothing but the failure line.
 
@@ -23,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onerank_export.config import OneRankConfig
-from onerank_export.engine.tensorrt.profile import CANDIDATE_SCORER, SERVING, USER_ENCODER
+from onerank_export.engine.tensorrt.profile import CANDIDATE_SCORER, DENSE, SERVING, USER_ENCODER
 from onerank_export.errors import StageError
 from onerank_export.pipeline.options import BuildOptions, EngineMode
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
-from onerank_export.pipeline.state import ENGINES, ONNX, PLUGIN_LIBRARY, BuildState
+from onerank_export.pipeline.state import ENGINES, ONNX, PLUGIN_LIBRARY, SPLIT_ENGINES, BuildState
 from onerank_export.precision import Precision
 
 Progress = Callable[[str], None]
@@ -101,7 +103,7 @@ def check_device(name: str, capability: str) -> None:
 class EngineStage(Stage):
     name = "engine"
     requires = (ONNX,)
-    provides = (ENGINES, PLUGIN_LIBRARY)
+    provides = (ENGINES, PLUGIN_LIBRARY, SPLIT_ENGINES)
 
     def __init__(self, mode: EngineMode | str = EngineMode.AUTO, plugin_library: Path | None = None, *,
                  toolchain: EngineToolchain | None = None, progress: Progress = _stderr) -> None:
@@ -118,17 +120,19 @@ class EngineStage(Stage):
             check_device(*self.toolchain.device())
 
     def run(self, state: BuildState) -> StageResult:
-        return self.build(dict(state.onnx), state.work, state.config, state, halves=state.user_cache_halves())
+        return self.build(dict(state.onnx), state.work, state.config, state, halves=state.user_cache_halves(),
+                          dense=state.split_dense())
 
     def build(self, onnx: dict[Precision, Path], out_dir: Path, config: OneRankConfig,
-              state: BuildState | None = None, *, halves: dict[Precision, tuple[Path, Path]] | None = None
-              ) -> StageResult:
+              state: BuildState | None = None, *, halves: dict[Precision, tuple[Path, Path]] | None = None,
+              dense: dict[Precision, Path] | None = None) -> StageResult:
         """The stage on explicit inputs (`state`, when given, receives the plans and the plugin).
-        `halves`: {precision: (user encoder ONNX, candidate scorer ONNX)} to build beside the single graph."""
+        `halves`: {precision: (user encoder ONNX, candidate scorer ONNX)} to build beside the single graph;
+        `dense`: {precision: split mode's dense ONNX} (split mode has no single graph: `onnx` is empty)."""
         reason = unavailable_reason_for(self.mode, self.toolchain)
         if reason:
             return StageResult.skipped(self.name, reason)
-        if not onnx:
+        if not onnx and not dense:
             return StageResult(self.name, Status.FAILED, "no ONNX model to build an engine from")
         try:
             plugin = self._plugin_into(out_dir / PLUGINS_DIR)
@@ -137,6 +141,7 @@ class EngineStage(Stage):
         jobs = [(SERVING, Precision(p), path) for p, path in onnx.items()]
         for p, (encoder, scorer) in (halves or {}).items():
             jobs += [(USER_ENCODER, Precision(p), encoder), (CANDIDATE_SCORER, Precision(p), scorer)]
+        jobs += [(DENSE, Precision(p), path) for p, path in (dense or {}).items()]
         result = self._build_engines(jobs, out_dir / ENGINES_DIR, config, plugin)
         if state is not None:
             state.plugin_library = plugin
@@ -146,6 +151,8 @@ class EngineStage(Stage):
                 p: (result.artifacts[f"engine_{USER_ENCODER}_{p}"], result.artifacts[f"engine_{CANDIDATE_SCORER}_{p}"])
                 for p in Precision if {f"engine_{USER_ENCODER}_{p}", f"engine_{CANDIDATE_SCORER}_{p}"}
                 <= result.artifacts.keys()})
+            state.split_engines.update({p: result.artifacts[f"engine_{DENSE}_{p}"] for p in Precision
+                                        if f"engine_{DENSE}_{p}" in result.artifacts})
         return result
 
     def _plugin_into(self, plugins_dir: Path) -> Path:
@@ -167,7 +174,7 @@ class EngineStage(Stage):
     def _build_engines(self, jobs: list[tuple[str, Precision, Path]], engines_dir: Path, config: OneRankConfig,
                        plugin: Path) -> StageResult:
         """One plan per (role, precision, ONNX). The user encoder has no MatchingScore node, so it is
-        built without the plugin library: its plan does not depend on the plugin."""
+        built without the plugin library: its plan does not depend on the plugin (the dense graph has one)."""
         from onerank_export.engine.plugin.build import STATIC_LIBRARY
         from onerank_export.engine.tensorrt.plan_metadata import plan_file_name
 

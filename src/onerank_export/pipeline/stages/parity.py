@@ -4,7 +4,8 @@ The same runners as `onerank-export verify` (parity/targets.py): each ONNX model
 sessions run it (after the CPU rewrite) and as exported (canonical), and every ONNX Runtime backend
 model of the repository just written, opened as Triton's backend opens it (file, session options
 from its config), and with --user-cache the cached path (miss, then hit) of the halves of every
-precision written. It runs last so it checks what is served. A mismatch fails the stage (exit 1)
+precision written, and in split mode the store's lookup feeding the dense ONNX and every dense TensorRT
+plan (`split-tensorrt-<p>`). It runs last so it checks what is served. A mismatch fails the stage (exit 1)
 after reports/parity.json and junit.xml are written.
 """
 
@@ -34,6 +35,7 @@ class ParityStage(Stage):
                                 user_cache=state.user_cache_halves() or None,
                                 split=(split.dense, split.store) if split is not None else None,
                                 split_variants=list(state.split_variants.values()),
+                                split_plans=dict(state.split_engines),
                                 user_cache_plans=dict(state.user_cache_engines))
         runners = build_runners(state.model, targets)
         report = run_parity_suite(state.model, runners, default_cases(cfg, seed), state.options.tolerances,

@@ -23,19 +23,22 @@ class TritonStage(Stage):
         from onerank_export.serving.repository import write_model_repository
 
         if state.split is not None:
-            from onerank_export.serving.repository import write_split_repository
+            from onerank_export.serving.split_repository import write_split_repository
 
-            repo = write_split_repository(state.work, state.config, self.plan, state.split)
+            repo = write_split_repository(state.work, state.config, self.plan, state.split, state.split_dense(),
+                                          state.split_engines, state.plugin_library)
             state.repository = repo
             problems = check_repository(repo.path, self.plan.target.value)
             metrics = {"models": repo.models, "python_model": repo.python_model, **self.plan.describe()}
             if problems:
                 return StageResult(self.name, Status.FAILED, f"{len(problems)} backend rule(s) broken, first: "
                                    f"{problems[0]}", repo.artifacts, metrics)
+            ensembles = sorted(m for m in repo.models if m == "onerank" or m.startswith(("onerank_onnx_",
+                                                                                         "onerank_trt_")))
             return StageResult(self.name, Status.OK, f"model_repository/ target {self.plan.target}, split mode: "
-                               f"onerank = ensemble(onerank_lookup -> onerank_dense), {len(repo.models)} models "
-                               "validated; the lookup reads the build's one store (../../embeddings)",
-                               repo.artifacts, metrics)
+                               f"ensembles {', '.join(ensembles)} (onerank_lookup -> a dense model), "
+                               f"{len(repo.models)} models validated; the lookup reads the build's one store "
+                               "(../../embeddings)" + _unserved_split(state, self.plan), repo.artifacts, metrics)
         if Precision.FP32 not in state.onnx:
             return StageResult.skipped(self.name, "no fp32 ONNX to serve")
         repo = write_model_repository(state.work, state.config, self.plan, dict(state.onnx), dict(state.engines),
@@ -71,6 +74,12 @@ def half_engines(state: BuildState) -> dict:
         return HalfEngine(plan, plan_role(meta), meta.get("io_dtypes") or {})
 
     return {str(p): (half(enc), half(sc)) for p, (enc, sc) in state.user_cache_engines.items()}
+
+
+def _unserved_split(state: BuildState, plan: ServingPlan) -> str:
+    if state.split_engines and plan.target is not Target.GPU:
+        return f"; {len(state.split_engines)} dense TensorRT engine(s) built but not served (target {plan.target})"
+    return ""
 
 
 def _unserved(state: BuildState, plan: ServingPlan) -> str:
