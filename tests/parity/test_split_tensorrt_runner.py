@@ -46,7 +46,7 @@ def test_the_factory_lists_one_split_tensorrt_row_per_plan_at_the_looser_precisi
     assert rows["split-tensorrt-fp32"] == (SplitTensorRTRunner, Precision.FP32)
     assert rows["split-tensorrt-fp16"] == (SplitTensorRTRunner, Precision.FP16)
     int8_store = ParityTargets(split=(dense, stores["int8"]), split_plans={Precision.FP32: plan})
-    assert {r.name: p for r, p in build_runners(model, int8_store)}["split-tensorrt-fp32"] is Precision.INT8
+    assert {r.name: p for r, p in build_runners(model, int8_store)}["split-tensorrt-fp32-store-int8"] is Precision.INT8
     assert not ParityTargets(split_plans={Precision.FP32: plan}).empty
     with pytest.raises(ConfigError, match="dense TensorRT plans take looked-up item rows; give their embedding store"):
         build_runners(model, ParityTargets(split_plans={Precision.FP32: plan}))
