@@ -56,3 +56,22 @@ def test_demo_checkpoint_ranks_held_out_requests_with_auc_above_0_70(demo_model)
     for task, m in metrics.items():
         assert m["auc"] > 0.70, (task, m)
         assert m["gauc"] > 0.65, (task, m)
+
+
+def test_a_world_past_the_item_cap_draws_from_its_first_items_only(monkeypatch):
+    """A 20M-item config must not build a 20M-item world to calibrate on (it would need ~7 GB): items past
+    DEMO_WORLD_MAX_ITEMS are never drawn; a config within the cap gets exactly the world it had."""
+    import onerank_export.model.demo_data as demo_data
+
+    cfg = OneRankConfig().replace(item_vocab_size=300)
+    full = DemoWorld.create(cfg, seed=0)
+    monkeypatch.setattr(demo_data, "DEMO_WORLD_MAX_ITEMS", 200)
+    capped = DemoWorld.create(cfg, seed=0)
+    assert len(full.item_topic) == cfg.item_vocab_size and len(capped.item_topic) == 200
+    batch = capped.sample(np.random.default_rng(1), 64, 40, 30)
+    for name in ("hist_item_ids", "cand_item_ids"):
+        ids = batch.features[name]
+        assert ids.max() < 200 and (ids > 0).any()
+    monkeypatch.setattr(demo_data, "DEMO_WORLD_MAX_ITEMS", cfg.item_vocab_size)
+    same = DemoWorld.create(cfg, seed=0)
+    assert np.array_equal(same.item_latent, full.item_latent) and np.array_equal(same.item_topic, full.item_topic)

@@ -21,6 +21,11 @@ from onerank_export.errors import ConfigError
 
 NUM_TOPICS = 24
 LATENT_DIM = 16
+# The world holds float64 latents and attributes per item (~200 bytes each, more while it is made): a
+# 20M-item config would need ~7 GB just to generate calibration requests. Items past this many are never
+# drawn; the demo checkpoint (10,000 items) and anything up to it see the same world as before. For a real
+# table, calibrate on real requests (`--calibration-data`). docs/embeddings.md has the measurement.
+DEMO_WORLD_MAX_ITEMS = 1_000_000
 NUM_HOURS, NUM_GEOS, NUM_DEVICES = 24, 16, 3
 # Context buckets share one vocabulary; each field owns a range.
 QUERY_OFFSET, HOUR_OFFSET, GEO_OFFSET, DEVICE_OFFSET = 1, 32, 64, 96
@@ -62,7 +67,7 @@ class DemoWorld:
         if cfg.action_vocab_size <= ORDER:
             raise ConfigError(f"demo data needs action_vocab_size >= {ORDER + 1}, config has {cfg.action_vocab_size}")
         rng = np.random.default_rng(seed)
-        v = cfg.item_vocab_size
+        v = min(cfg.item_vocab_size, DEMO_WORLD_MAX_ITEMS)
         centres = rng.normal(size=(NUM_TOPICS, LATENT_DIM))
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)
         topic = rng.integers(0, NUM_TOPICS, size=v)
@@ -98,7 +103,7 @@ class DemoWorld:
     def _topic_items(self) -> list[np.ndarray]:
         cache = self.__dict__.get("_topic_items_cache")
         if cache is None:
-            ids = np.arange(1, self.cfg.item_vocab_size)
+            ids = np.arange(1, len(self.item_topic))
             cache = [ids[self.item_topic[1:] == t] for t in range(NUM_TOPICS)]
             object.__setattr__(self, "_topic_items_cache", cache)
         return cache
