@@ -22,10 +22,25 @@ def test_a_gpu_target_repository_is_a_one_line_error_naming_the_target_and_the_w
         servable_models(gpu_repository)
     message = str(err.value)
     assert "\n" not in message
-    assert "a gpu-target repository with no python-backend model" in message
+    assert "a gpu-target repository (models " in message and "run on KIND_GPU)" in message
     assert "onerank_trt_fp16 (platform tensorrt_plan)" in message
     assert f"{ONNX_MODEL} (platform onnxruntime_onnx)" in message
     assert "NVIDIA's Triton container" in message and "--target cpu" in message
+
+
+def test_a_gpu_target_repository_with_a_python_helper_is_refused_too(gpu_repository, tmp_path):
+    """A gpu split build's lookup (python, KIND_CPU) must not make serve start and load it alone."""
+    from helpers import TINY
+
+    from onerank_export.serving import model_config as mcfg
+    from onerank_export.serving.profiles import Target, serving_plan
+
+    helper = mcfg.python_onnx_config(PYTHON_MODEL, TINY, serving_plan(Target.CPU, "tests", "latency", cores=2))
+    (gpu_repository / PYTHON_MODEL).mkdir()
+    (gpu_repository / PYTHON_MODEL / "config.pbtxt").write_text(mcfg.to_text(helper))
+    with pytest.raises(StageError) as err:
+        servable_models(gpu_repository)
+    assert "a gpu-target repository (models " in str(err.value) and PYTHON_MODEL + " (" not in str(err.value)
 
 
 def test_serve_refuses_a_gpu_target_build_in_one_line_before_starting_anything(gpu_repository, capsys):

@@ -8,6 +8,7 @@ error that stops the build leaves nothing behind.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +112,25 @@ def _run_stage(stage: Stage, state: BuildState, index: int, total: int, ui: Buil
             raise
         result = StageResult(stage.name, Status.FAILED, str(exc))
     result.seconds = time.perf_counter() - started
+    _release_memory()
     ui.stage_finished(result)
     return result
+
+
+def _release_memory() -> None:
+    """Hand what a stage freed back to the OS before the next one starts. glibc keeps freed heap in its
+    arenas (ONNX Runtime's worker threads get arenas of their own), so without this the stages' peaks
+    stack up: a 20M-row split build peaked 0.8 GB higher (docs/embeddings.md, "Build memory")."""
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
 
 
 def _check_plan(stages: list[Stage]) -> None:

@@ -354,12 +354,17 @@ def servable_models(repository: Path) -> tuple[list[str], list[tuple[str, str]]]
             skipped.append((name, f"ensemble: its step {missing[0]} is not loaded here"))
         else:
             load.append(name)
+    if mc.ModelInstanceGroup.KIND_GPU in kinds:
+        # A gpu-target repository may hold python-backend helpers (a split build's lookup, the cached model's
+        # BLS front) whose work runs on its GPU models: serving the helpers alone would look like success.
+        gpu = ", ".join(f"{name} ({why.split(':')[0]})" for name, why in skipped)
+        raise StageError(f"{repository}: a gpu-target repository (models {gpu} run on KIND_GPU), and the "
+                         "bundled tritonserver has the python backend on the CPU only; serve it with NVIDIA's "
+                         "Triton container (see its README.md), or `onerank-export build --target cpu` for a "
+                         "repository that `onerank-export serve` runs here")
     if not load:
-        target = {frozenset({mc.ModelInstanceGroup.KIND_GPU}): "a gpu-target repository",
-                  frozenset({mc.ModelInstanceGroup.KIND_CPU}): "a cpu-target repository"}.get(frozenset(kinds),
-                                                                                          "a repository")
         models = ", ".join(f"{name} ({why.split(':')[0]})" for name, why in skipped)
-        raise StageError(f"{repository}: {target} with no python-backend model ({models}), and the bundled "
+        raise StageError(f"{repository}: a repository with no python-backend model ({models}), and the bundled "
                          "tritonserver has the python backend only; serve it with NVIDIA's Triton container "
                          "(see its README.md), or `onerank-export build --target cpu` for a repository that "
                          "`onerank-export serve` runs here")
