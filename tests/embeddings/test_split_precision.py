@@ -65,7 +65,8 @@ def test_split_builds_reduced_dense_graphs_that_take_rows_and_hold_no_table(buil
         assert stage["status"] == "ok", stage["verdict"]
         assert stage["verdict"].startswith("ok: dense graph: ")
         path = out / "onnx" / f"onerank.dense.{p}.onnx"
-        assert {a["role"]: a["path"] for a in stage["artifacts"]}[f"onnx_dense_{p}"] == f"onnx/onerank.dense.{p}.onnx"
+        paths = {a["role"]: a["path"] for a in stage["artifacts"]}
+        assert paths[f"onnx_dense_{p}"] == f"onnx/onerank.dense.{p}.onnx"
         proto = onnx.load(str(path))
         assert [i.name for i in proto.graph.input][-2:] == ["hist_item_rows", "cand_item_rows"]
         assert not [i.name for i in proto.graph.initializer if TINY.item_vocab_size in i.dims]
@@ -138,11 +139,12 @@ def test_a_failed_gate_keeps_the_dense_graph_out_and_fails_the_stage(capsys, tmp
 
     monkeypatch.setattr(PrecisionStage, "settings", strict)
     ckpt = save_checkpoint(make_tiny_model(seed=3), tmp_path / "ckpt")
-    code, io = _build(capsys, ckpt, tmp_path / "b", "--embeddings", "split", "--precision", "fp16")
+    code, _ = _build(capsys, ckpt, tmp_path / "b", "--embeddings", "split", "--precision", "fp16")
     assert code == 1
     failed = tmp_path / "b"
     stage = _stages(failed)["fp16"]
-    assert stage["status"] == "failed" and stage["verdict"].startswith("failed: dense graph: gate failed: max_abs_error ")
+    assert stage["status"] == "failed"
+    assert stage["verdict"].startswith("failed: dense graph: gate failed: max_abs_error ")
     assert not (failed / "onnx" / "onerank.dense.fp16.onnx").exists()
     assert "onnx_dense_fp16" not in {a["role"] for a in stage["artifacts"]}
     assert not any(c["runner"].startswith("split-fp16")

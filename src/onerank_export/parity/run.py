@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from onerank_export.host import release_freed_memory
 from onerank_export.parity.cases import ParityCase
 from onerank_export.parity.invariance import InvarianceSetup
 from onerank_export.parity.results import RunnerOutputs, RunResults
@@ -49,4 +50,5 @@ def run_runners(reference: Runner, targets: Sequence[tuple[Runner, Precision | s
             run.invariance = {k: runner.infer(f) for k, f in invariance_feeds.items()}
         finally:
             runner.deactivate()
+            release_freed_memory()  # each runner's sessions and outputs gone before the next one's
     return results

@@ -8,13 +8,13 @@ error that stops the build leaves nothing behind.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import OneRankError
+from onerank_export.host import release_freed_memory
 from onerank_export.io import write_json
 from onerank_export.pipeline.embeddings_mode import plan_embeddings
 from onerank_export.pipeline.manifest import build_manifest, memory_record, peak_rss
@@ -112,25 +112,9 @@ def _run_stage(stage: Stage, state: BuildState, index: int, total: int, ui: Buil
             raise
         result = StageResult(stage.name, Status.FAILED, str(exc))
     result.seconds = time.perf_counter() - started
-    _release_memory()
+    release_freed_memory()  # the next stage starts from what this one left, not its peak
     ui.stage_finished(result)
     return result
-
-
-def _release_memory() -> None:
-    """Hand what a stage freed back to the OS before the next one starts. glibc keeps freed heap in its
-    arenas (ONNX Runtime's worker threads get arenas of their own), so without this the stages' peaks
-    stack up: a 20M-row split build peaked 0.8 GB higher (docs/embeddings.md, "Build memory")."""
-    import gc
-
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
-            pass
 
 
 def _check_plan(stages: list[Stage]) -> None:
