@@ -32,6 +32,9 @@ from onerank_export.serving.user_cache import CacheSettings
 from onerank_export.user_states import ENCODER_INPUTS, state_names, state_nbytes_per_row
 
 SMALL = {"num_requests": 32, "eval_requests": 64}  # the tiny model: seconds, not minutes
+# The module fixture converts and calibrates both halves in two precisions (~20 s): the CI tier, not the
+# fast one (which had grown to 111 s of its 2 minutes).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

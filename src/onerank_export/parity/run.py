@@ -50,5 +50,5 @@ def run_runners(reference: Runner, targets: Sequence[tuple[Runner, Precision | s
             run.invariance = {k: runner.infer(f) for k, f in invariance_feeds.items()}
         finally:
             runner.deactivate()
-            release_freed_memory()  # each runner's sessions and outputs gone before the next one's
+            release_freed_memory(collect=False)  # each runner's sessions and outputs gone before the next one's
     return results
