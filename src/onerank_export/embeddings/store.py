@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from onerank_export.embeddings.row_reader import FileRows
 from onerank_export.errors import OneRankError
 from onerank_export.io import atomic_directory
 
@@ -190,8 +191,8 @@ class Table:
     oov: str
     pad_row: int
     path: Path
-    data: np.ndarray  # memmap [rows, dim]
-    scale: np.ndarray | None  # memmap [rows] (int8)
+    data: np.ndarray | FileRows  # memmap [rows, dim], or read with pread (open_store(mapped=False))
+    scale: np.ndarray | FileRows | None  # [rows] (int8)
     oov_count: int = 0  # ids mapped to the pad row under "pad"
 
     def lookup(self, ids: Any) -> np.ndarray:
@@ -246,8 +247,10 @@ class EmbeddingStore:
         return open_store(directory, verify=verify)
 
 
-def open_store(directory: str | Path, *, verify: bool = False) -> EmbeddingStore:
-    """Open and check a store: index format, file sizes, dtypes (always), sha256 (`verify=True`)."""
+def open_store(directory: str | Path, *, verify: bool = False, mapped: bool = True) -> EmbeddingStore:
+    """Open and check a store: index format, file sizes, dtypes (always), sha256 (`verify=True`).
+    `mapped=False`: lookups read rows with pread instead of a memory map (the build's own lookups:
+    row_reader.py says why)."""
     directory = Path(directory)
     index_path = directory / INDEX
     if not index_path.is_file():
@@ -263,11 +266,11 @@ def open_store(directory: str | Path, *, verify: bool = False) -> EmbeddingStore
         raise StoreError(f"{index_path}: lists no tables; rebuild the store")
     store = EmbeddingStore(directory, index)
     for name, entry in tables.items():
-        store.tables[name] = _open_table(directory, name, entry, verify)
+        store.tables[name] = _open_table(directory, name, entry, verify, mapped)
     return store
 
 
-def _open_table(directory: Path, name: str, entry: Any, verify: bool) -> Table:
+def _open_table(directory: Path, name: str, entry: Any, verify: bool, mapped: bool = True) -> Table:
     where = f"{directory}: embedding table '{name}'"
     try:
         rows, dim, dtype = int(entry["rows"]), int(entry["dim"]), str(entry["dtype"])
@@ -282,19 +285,19 @@ def _open_table(directory: Path, name: str, entry: Any, verify: bool) -> Table:
     if oov not in OOV_POLICIES or not 0 <= pad_row < rows:
         raise StoreError(f"{where}: oov '{oov}' / pad_row {pad_row} invalid; rebuild the store")
     data = _checked_memmap(directory / file, np.dtype(dtype).newbyteorder("<"), (rows, dim), where,
-                           entry.get("sha256") if verify else None)
+                           entry.get("sha256") if verify else None, mapped)
     scale = None
     if dtype == "int8":
         scale_file = entry.get("scale_file")
         if not scale_file:
             raise StoreError(f"{where}: int8 table without a scale_file; rebuild the store")
         scale = _checked_memmap(directory / str(scale_file), np.dtype("<f4"), (rows,), where,
-                                entry.get("scale_sha256") if verify else None)
+                                entry.get("scale_sha256") if verify else None, mapped)
     return Table(name, rows, dim, dtype, oov, pad_row, directory / file, data, scale)
 
 
 def _checked_memmap(path: Path, dtype: np.dtype, shape: tuple[int, ...], where: str,
-                    sha256: str | None) -> np.ndarray:
+                    sha256: str | None, mapped: bool = True) -> np.ndarray | FileRows:
     expected = int(np.prod(shape)) * dtype.itemsize
     try:
         size = os.path.getsize(path)
@@ -312,7 +315,7 @@ def _checked_memmap(path: Path, dtype: np.dtype, shape: tuple[int, ...], where: 
         if h.hexdigest() != sha256:
             raise StoreError(f"{where}: file {path.name} sha256 {h.hexdigest()[:12]}... does not match the index "
                              f"({str(sha256)[:12]}...); the file is corrupt: rebuild the store")
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape) if mapped else FileRows(path, dtype, shape)
 
 
 def _first(exc: BaseException) -> str:

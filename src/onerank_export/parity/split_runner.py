@@ -34,7 +34,7 @@ class SplitRunner(Runner):
         from onerank_export.export.ort_session import cpu_session, default_threads
 
         config = read_metadata(self.dense).config
-        store = open_store(self.store, verify=True)
+        store = open_store(self.store, verify=True, mapped=False)  # pread: parity must not map the table
         self.table = store.table("item", rows=config.item_vocab_size if config else None,
                                  dim=config.d_model if config else None)
         self.session = cpu_session(str(self.dense), default_threads())

@@ -151,7 +151,7 @@ class SplitTensorRTRunner(Runner):
         from onerank_export.embeddings.store import open_store
 
         # The store first: it is checked on any host, the engine only where CUDA and TensorRT are.
-        table = open_store(self.store, verify=True).table("item")
+        table = open_store(self.store, verify=True, mapped=False).table("item")
         session = EngineSession(self.plan, self.plugin_library)
         session.open()
         names = {**session.inputs, **session.outputs}

@@ -70,7 +70,9 @@ class EmbeddingsStage(Stage):
         index = write_store(state.checkpoint, store_dir, options.embedding_dtype, oov=options.embedding_oov,
                             checkpoint_sha256=state.checkpoint_sha256, loaded={"item_emb.weight": item_table})
         write_seconds = time.perf_counter() - started
-        table = open_store(store_dir, verify=True).table("item", rows=cfg.item_vocab_size, dim=cfg.d_model)
+        # pread, not a map: the gates' lookups must not add mapped pages to the build's RSS (row_reader.py)
+        table = open_store(store_dir, verify=True, mapped=False).table("item", rows=cfg.item_vocab_size,
+                                                                     dim=cfg.d_model)
         dense = state.work / ONNX_DIR / DENSE_ONNX
         exported = export_onnx(state.model, dense, checkpoint_sha256=state.checkpoint_sha256,
                                export_config=SPLIT_DENSE_ONNX_CONFIG)

@@ -99,7 +99,7 @@ class PrecisionStage(Stage):
 
         options, cfg, split = state.options, state.config, state.split
         settings = self.settings(options)
-        table = open_store(split.store).table("item", rows=cfg.item_vocab_size, dim=cfg.d_model)
+        table = open_store(split.store, mapped=False).table("item", rows=cfg.item_vocab_size, dim=cfg.d_model)
         sets = self.inputs.get(cfg, settings, options.calibration_data).with_inputs(
             lambda request: lookup_rows(table, request))
         outcome = calibrate(split.dense, state.model, settings,
