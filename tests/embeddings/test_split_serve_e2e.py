@@ -32,7 +32,7 @@ def test_split_build_serves_the_ensemble_within_1e6_and_refuses_ids_past_the_tab
     manifest = json.loads((out / "manifest.json").read_text())
     stages = {s["name"]: s for s in manifest["stages"]}
     assert list(stages) == ["checkpoint", "embeddings", "fp16", "int8", "engine", "triton", "parity"]
-    assert all(stages[p]["status"] == "skipped" and "split mode" in stages[p]["verdict"] for p in ("fp16", "int8"))
+    assert all(stages[p]["status"] == "ok" and "dense graph" in stages[p]["verdict"] for p in ("fp16", "int8"))
     assert stages["parity"]["metrics"]["max_abs"]["split-fp32[fp32]"] <= 1e-6
     repo = resolve_repository(out)
     # one store, referenced (not copied) by the lookup model
@@ -40,7 +40,8 @@ def test_split_build_serves_the_ensemble_within_1e6_and_refuses_ids_past_the_tab
     load, skipped = servable_models(repo)
     assert sorted(load) == ["onerank", "onerank_dense", "onerank_lookup"]
     # the ONNX Runtime backend's dense model, and its ensemble, are for NVIDIA's Triton container
-    assert [name for name, _ in skipped] == ["onerank_dense_onnx_fp32", "onerank_onnx_fp32"]
+    assert [name for name, _ in skipped] == [f"{model}_{p}" for model in ("onerank_dense_onnx", "onerank_onnx")
+                                             for p in ("fp16", "fp32", "int8")]
     with TritonServer(repo, models=load, startup_timeout=120) as server:
         report = run_parity(EagerDenseRunner(make_tiny_model()), [(TritonRunner(server.http_url), "fp32")],
                             default_cases(TINY, seed=5), {})

@@ -76,33 +76,6 @@ def kinds(cfg):
     return {KIND(g.kind) for g in cfg.instance_group}
 
 
-def wiring_problems(cfgs):
-    """Triton's ensemble rule: every step's mapped tensor exists in the step model with the ensemble
-    tensor's type and dims (the ensemble's inputs, or an earlier step's outputs)."""
-    problems = []
-    for name, cfg in cfgs.items():
-        if cfg.platform != "ensemble":
-            continue
-        tensors = {t.name: (t.data_type, list(t.dims)) for t in cfg.input}
-        for step in cfg.ensemble_scheduling.step:
-            model = cfgs[step.model_name]
-            ins = {t.name: (t.data_type, list(t.dims)) for t in model.input}
-            outs = {t.name: (t.data_type, list(t.dims)) for t in model.output}
-            for model_tensor, ensemble_tensor in step.input_map.items():
-                if ins.get(model_tensor) != tensors.get(ensemble_tensor):
-                    problems.append(f"{name} -> {step.model_name} input {model_tensor}")
-            if set(step.input_map) != set(ins):
-                problems.append(f"{name} -> {step.model_name}: inputs {sorted(ins)} not all mapped")
-            for model_tensor, ensemble_tensor in step.output_map.items():
-                if model_tensor not in outs:
-                    problems.append(f"{name} -> {step.model_name} output {model_tensor}")
-                tensors[ensemble_tensor] = outs.get(model_tensor)
-        for out in cfg.output:
-            if tensors.get(out.name) != (out.data_type, list(out.dims)):
-                problems.append(f"{name}: output {out.name} is not produced as declared")
-    return problems
-
-
 def inline_client_models(tmp_path, tiny_fp32_onnx, target):
     """The inline repository of the same target: the names a client calls and their configs."""
     out = tmp_path / "inline"
@@ -131,7 +104,6 @@ def test_every_model_a_client_of_the_inline_repository_uses_exists_with_the_same
         assert split[name].parameters["onerank.config"] == cfg.parameters["onerank.config"], name
         assert split[name].parameters["onerank.precision"] == cfg.parameters["onerank.precision"], name
     assert check_repository(repo.path, target.value) == []
-    assert wiring_problems(split) == []
 
 
 def test_cpu_target_models_kinds_and_plans_not_served(build, tmp_path):
@@ -174,7 +146,7 @@ def test_gpu_target_lookup_on_the_cpu_dense_models_on_the_gpu_trt_only_where_pla
     assert "--backend-config=tensorrt,plugins=$PWD/plugins/libonerank_plugins.so" in readme
     assert "--load-model onerank_lookup --load-model onerank_dense_trt_fp32 \\\n        --load-model onerank_trt_fp32" \
         in readme
-    assert check_repository(repo.path, "gpu") == [] and wiring_problems(cfgs) == []
+    assert check_repository(repo.path, "gpu") == []  # the ensemble rules included (ensemble_rules.py)
 
 
 @pytest.mark.parametrize("target", [Target.CPU, Target.GPU])
@@ -187,19 +159,59 @@ def test_the_store_is_never_copied_and_the_lookup_points_at_it(build, tmp_path, 
     assert where == "../../embeddings" and os.path.realpath(lookup / where) == os.path.realpath(out / "embeddings")
 
 
-def test_negative_controls_the_backend_rule_and_the_wiring_check_catch_a_broken_repository(build, tmp_path):
+def test_negative_controls_the_backend_rule_and_the_ensemble_rules_catch_a_broken_repository(build, tmp_path):
     repo, _ = write(build, tmp_path, Target.GPU, engines={"fp32": build[3]["fp32"]})
     cfgs = configs(repo.path)
-    lookup = cfgs["onerank_lookup"]
-    lookup.instance_group[0].kind = mcfg.mc.ModelInstanceGroup.KIND_GPU  # a python model on the GPU: refused
-    (repo.path / "onerank_lookup" / "config.pbtxt").write_text(mcfg.to_text(lookup))
-    assert any(p.startswith("onerank_lookup: [instance-kind]") for p in check_repository(repo.path, "gpu"))
-    trt = cfgs["onerank_dense_trt_fp32"]
-    trt.input[-1].dims[-1] = TINY.d_model + 1  # cand_item_rows of another width than the lookup gives
-    assert wiring_problems(cfgs) == ["onerank_trt_fp32 -> onerank_dense_trt_fp32 input cand_item_rows"]
+
+    def broken(name, change):
+        """check_repository's lines after `change` to one model's config (restored afterwards)."""
+        path = repo.path / name / "config.pbtxt"
+        before = path.read_text()
+        cfg = mcfg.read_config(path)
+        change(cfg)
+        path.write_text(mcfg.to_text(cfg))
+        try:
+            return check_repository(repo.path, "gpu")
+        finally:
+            path.write_text(before)
+
+    def kind_gpu(cfg):  # a python model on the GPU: refused
+        cfg.instance_group[0].kind = mcfg.mc.ModelInstanceGroup.KIND_GPU
+
+    assert any(p.startswith("onerank_lookup: [instance-kind]") for p in broken("onerank_lookup", kind_gpu))
+
+    def wider(cfg):  # cand_item_rows of another width than the lookup gives
+        cfg.input[-1].dims[-1] = TINY.d_model + 1
+
+    assert broken("onerank_dense_trt_fp32", wider) == [
+        "onerank_trt_fp32: [ensemble] 'cand_item_rows' TYPE_FP32 [-1, 16] feeds 'onerank_dense_trt_fp32' input "
+        "'cand_item_rows' TYPE_FP32 [-1, 17]; fix: give both the same data type and dims"]
+
+    def small_batch(cfg):  # Triton: "ensemble X allows maximum batch size 8, but it contains model ..."
+        cfg.max_batch_size = 1
+
+    assert broken("onerank_lookup", small_batch) == [
+        f"{name}: [ensemble] max_batch_size {cfgs[name].max_batch_size}, but step 'onerank_lookup' allows only 1; "
+        "fix: give the ensemble at most its steps' max_batch_size"
+        for name in ("onerank_onnx_fp16", "onerank_onnx_fp32", "onerank_trt_fp32")]
+
+    def unmapped(cfg):
+        del cfg.ensemble_scheduling.step[1].input_map["hist_item_rows"]
+
+    assert broken("onerank_trt_fp32", unmapped) == [
+        "onerank_trt_fp32: [ensemble] input 'hist_item_rows' of step 'onerank_dense_trt_fp32' is not mapped; "
+        "fix: map every input of the step"]
+
+    def no_output(cfg):
+        cfg.ensemble_scheduling.step[1].output_map.clear()
+
+    assert broken("onerank_trt_fp32", no_output) == [
+        "onerank_trt_fp32: [ensemble] output 'scores' is produced by no step; fix: map a step output to it"]
+    assert check_repository(repo.path, "gpu") == []  # restored: clean again
 
 
-def test_refusals_before_anything_is_written(build, tmp_path):
+def test_refusals_before_anything_is_written(build, tmp_path, tiny_fp32_onnx):
+    inline_onnx = tiny_fp32_onnx[1]
     with pytest.raises(StageError) as err:
         write(build, tmp_path, Target.GPU, engines={"fp32": build[3]["fp32"]}, plugin=False)
     assert str(err.value) == ("dense engine onerank.dense.fp32.plan needs the plugin library, none was given; build "
@@ -222,6 +234,14 @@ def test_refusals_before_anything_is_written(build, tmp_path):
         write_split_repository(out, TINY, PLANS[Target.CPU], split, {"fp32": files["fp32"], "fp16": out / "half.onnx"})
     assert str(err.value) == ("half.onnx (fp16): 'hist_item_rows' is float16, the ensemble passes float32; export "
                               "the fp16 dense graph with the contract's I/O types")
+    with pytest.raises(StageError) as err:  # the inline graph (no row inputs) behind the lookup: refused by name
+        write_split_repository(out, TINY, PLANS[Target.CPU], split, {"fp32": files["fp32"], "fp16": inline_onnx})
+    assert str(err.value) == (f"{inline_onnx.name} (fp16): no 'cand_item_rows' tensor, so it is not the split dense "
+                              "graph the ensemble feeds; give the build's onerank.dense.<p>.onnx")
+    outside = tmp_path / "elsewhere.so"  # a plugin library the plan configs cannot name relative to the build
+    outside.write_bytes(b"lib")
+    with pytest.raises(StageError, match="is outside the build directory"):
+        write_split_repository(out, TINY, PLANS[Target.GPU], split, files, {"fp32": plans["fp32"]}, outside)
     assert not (out / "model_repository").exists()
 
 
@@ -267,3 +287,15 @@ def test_the_triton_stage_serves_every_dense_precision_and_the_engine_stage_plan
     cpu = TritonStage(PLANS[Target.CPU]).run(state)
     assert cpu.status.value == "ok" and cpu.detail.endswith(
         "; 1 dense TensorRT engine(s) built but not served (target cpu)"), cpu.detail
+
+
+def test_the_gpu_readme_loads_models_that_exist(build, tmp_path):
+    """Without plans the launch command names the ONNX Runtime ensemble and its step (an explicit-mode start
+    fails on a model name that is not in the repository)."""
+    import re
+
+    for engines, expected in (({"fp32": build[3]["fp32"]}, "onerank_trt_fp32"), ({}, "onerank_onnx_fp32")):
+        repo, _ = write(build, tmp_path / (expected or "none"), Target.GPU, engines=engines)
+        loaded = re.findall(r"--load-model (\S+)", (repo.path / "README.md").read_text())
+        assert loaded[-1] == expected and len(loaded) == 3
+        assert all((repo.path / name / "config.pbtxt").is_file() for name in loaded), loaded

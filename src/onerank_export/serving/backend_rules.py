@@ -54,7 +54,9 @@ def check_repository(repo_dir: str | Path, target: str) -> list[str]:
     models = sorted(p for p in repo_dir.iterdir() if p.is_dir()) if repo_dir.is_dir() else []
     if not models:
         return [f"{repo_dir}: [repository] no model directories; fix: build the repository again"]
-    return [line for model in models for line in check_model(model, target)]
+    from onerank_export.serving.ensemble_rules import check_ensembles
+
+    return [line for model in models for line in check_model(model, target)] + check_ensembles(repo_dir)
 
 
 def check_model(model_dir: str | Path, target: str) -> list[str]:

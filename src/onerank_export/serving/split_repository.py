@@ -75,6 +75,13 @@ def write_split_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
                          "engine is served beside the graph it was built from")
     for precision, path in dense.items():  # the lookup hands float32 rows to every dense model
         _require_contract_types(path, precision, LOOKUP_OUTPUT_NAMES)
+    plugin = None
+    if engines:
+        try:  # the plan configs name the library relative to the build directory
+            plugin = str(Path(plugin_library).resolve().relative_to(Path(out_dir).resolve()))
+        except ValueError:
+            raise StageError(f"plugin library {plugin_library} is outside the build directory {out_dir}; the "
+                             "engine stage copies it to plugins/ inside the build") from None
 
     repo = out_dir / REPOSITORY_DIR
     artifacts: dict[str, Path] = {}
@@ -87,9 +94,7 @@ def write_split_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
         artifacts |= _write_dense_onnx(repo / name, mcfg.dense_onnxruntime_config(name, config, precision, plan),
                                        path, plan.target)
         ensembles[f"onerank_onnx_{precision}"] = (name, precision)
-    plugin = None
     if engines:
-        plugin = str(plugin_library.relative_to(out_dir))
         plugin_sha256 = sha256_file(plugin_library)  # one library for every plan
         for precision, path in sorted(engines.items()):
             name = dense_model_name("trt", precision)
@@ -109,8 +114,8 @@ def write_split_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
         artifacts |= _write_model(repo / ensemble, mcfg.ensemble_config(ensemble, config, LOOKUP_MODEL, step,
                                                                          precision), {})
         models.append(ensemble)
-    artifacts["triton_readme"] = write_text(repo / "README.md",
-                                            launch_notes(plan, plugin) + split_notes(plan.target, sorted(ensembles)))
+    artifacts["triton_readme"] = write_text(repo / "README.md", launch_notes(plan, plugin)
+                                            + split_notes(plan.target, sorted(ensembles), ensembles))
     return ModelRepository(repo, plan, models, python_model, len(engines), len(dense), artifacts)
 
 
@@ -145,6 +150,12 @@ def _require_contract_types(path: Path, precision: str, rows: tuple[str, ...]) -
 
     wanted = {t.name: t.dtype for t in (*spec.INPUTS, *spec.OUTPUTS)} | dict.fromkeys(rows, "float32")
     model = onnx.load(str(path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    have = {v.name for v in (*model.graph.input, *model.graph.output) if v.name not in initializers}
+    missing = sorted(set(wanted) - have)
+    if missing:
+        raise StageError(f"{path.name} ({precision}): no '{missing[0]}' tensor, so it is not the split dense graph "
+                         "the ensemble feeds; give the build's onerank.dense.<p>.onnx")
     for value in (*model.graph.input, *model.graph.output):
         got = tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
         if value.name in wanted and got != wanted[value.name]:
@@ -152,8 +163,10 @@ def _require_contract_types(path: Path, precision: str, rows: tuple[str, ...]) -
                              f"{wanted[value.name]}; export the {precision} dense graph with the contract's I/O types")
 
 
-def split_notes(target: Target, ensembles: list[str]) -> str:
-    """The README section: what the ensembles are and how to serve them."""
+def split_notes(target: Target, ensembles: list[str], steps: Mapping[str, tuple[str, str]] | None = None) -> str:
+    """The README section: what the ensembles are and how to serve them. `steps`: {ensemble: (its dense
+    step, precision)}; the gpu launch command loads the fp32 TensorRT ensemble where there is one, else
+    the fp32 ONNX Runtime one (a name that does not exist fails an explicit-mode start)."""
     head = ("\n## Split mode (docs/embeddings.md)\n\n"
             f"The ensembles {', '.join(f'`{e}`' for e in ensembles)} each run `onerank_lookup` (python backend,\n"
             "KIND_CPU: it reads item rows from the embedding store, or Redis) and then a dense model on the\n"
@@ -165,10 +178,13 @@ def split_notes(target: Target, ensembles: list[str]) -> str:
         return head + ("\n`onerank` runs the python-backend `onerank_dense` (what `onerank-export serve` loads\n"
                        "here); on NVIDIA's Triton container the `onerank_onnx_<p>` ensembles run the ONNX Runtime\n"
                        "backend's `onerank_dense_onnx_<p>` instead.\n")
+    steps = dict(steps or {})
+    ensemble = "onerank_trt_fp32" if "onerank_trt_fp32" in steps else "onerank_onnx_fp32"
+    step = steps.get(ensemble, (ensemble.replace("onerank_", f"{DENSE_MODEL}_", 1), "fp32"))[0]
     return head + ("\nOn a GPU host, NVIDIA's Triton container needs the python backend (for the lookup) beside\n"
                    "onnxruntime and tensorrt; the lookup model imports onerank_export and numpy (give its stub a\n"
                    "Python environment with the package: the python backend's EXECUTION_ENV_PATH parameter):\n\n"
                    "    tritonserver --model-repository $PWD/model_repository --model-control-mode explicit \\\n"
-                   "        --load-model onerank_lookup --load-model onerank_dense_trt_fp32 \\\n"
-                   "        --load-model onerank_trt_fp32\n"
+                   f"        --load-model onerank_lookup --load-model {step} \\\n"
+                   f"        --load-model {ensemble}\n"
                    "\n(each ensemble with its two steps; add the plugin flag above for the TensorRT models).\n")
