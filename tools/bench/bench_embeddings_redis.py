@@ -75,7 +75,8 @@ def main() -> None:
                       f"{pushed.bytes / 2**20 / pushed.seconds:.0f} |")
             memory = _redis_memory(server.url)
             report["redis_used_memory_bytes"] = memory
-            print(f"\nRedis used_memory after the push: {memory / 1e9:.2f} GB ({memory / store.rows:.0f} bytes per row)")
+            print(f"\nRedis used_memory after the push: {memory / 1e9:.2f} GB "
+                  f"({memory / store.rows:.0f} bytes per row)")
             requests = [np.concatenate([rng.integers(1, store.rows, 256), rng.integers(1, store.rows, 512)])
                         for _ in range(args.repeat)]
             print("\n| lookup of 768 ids (L=256 + N=512) | median ms | p99 ms |\n|---|---|---|")
