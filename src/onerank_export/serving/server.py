@@ -359,7 +359,7 @@ def servable_models(repository: Path) -> tuple[list[str], list[tuple[str, str]]]
         # BLS front) whose work runs on its GPU models: serving the helpers alone would look like success.
         gpu = ", ".join(f"{name} ({why.split(':')[0]})" for name, why in skipped)
         raise StageError(f"{repository}: a gpu-target repository (models {gpu} run on KIND_GPU), and the "
-                         "bundled tritonserver has the python backend on the CPU only; serve it with NVIDIA's "
+                         "bundled tritonserver has the python backend only, on the CPU; serve it with NVIDIA's "
                          "Triton container (see its README.md), or `onerank-export build --target cpu` for a "
                          "repository that `onerank-export serve` runs here")
     if not load:
