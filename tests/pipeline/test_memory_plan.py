@@ -41,6 +41,17 @@ def test_split_plan_the_lookup_shares_the_store_and_the_dense_model_holds_its_we
     assert (dense_instance["private_bytes"], dense_instance["shared_bytes"]) == (19_220, 0)
 
 
+def test_split_plan_lists_each_dense_precision_model_with_its_own_weights(tmp_path):
+    cfg = OneRankConfig(item_vocab_size=1000, d_model=16)
+    dense = _model(tmp_path / "dense.onnx", external=False)
+    other = _model(tmp_path / "other.onnx", external=True)  # stands in for the fp16 graph (other bytes: same here)
+    plan = memory_plan(cfg, "split", dense, "fp32", {"fp32": dense, "fp16": other})
+    models = plan["per_triton_instance"]
+    assert set(models) == {"onerank_lookup", "onerank_dense", "onerank_dense_onnx_fp16", "onerank_dense_onnx_fp32"}
+    assert models["onerank_dense_onnx_fp16"]["private_bytes"] == initializer_bytes(other) == 19_220
+    assert models["onerank_dense_onnx_fp32"]["private_bytes"] == models["onerank_dense"]["private_bytes"]
+
+
 def test_inline_plan_the_one_model_holds_the_table_per_instance(tmp_path):
     cfg = OneRankConfig(item_vocab_size=1000, d_model=16)
     plan = memory_plan(cfg, "inline", _model(tmp_path / "m.onnx", external=True), None)

@@ -8,6 +8,7 @@ initializers' (read with load_external_data=False, so a 2 GB table is never read
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,13 @@ def initializer_bytes(onnx_path: Path) -> int:
     return total
 
 
-def memory_plan(config: OneRankConfig, mode: str, dense_onnx: Path | None, store_dtype: str | None) -> dict[str, Any]:
+def memory_plan(config: OneRankConfig, mode: str, dense_onnx: Path | None, store_dtype: str | None,
+                dense_precisions: Mapping[str, Path] | None = None) -> dict[str, Any]:
     """`mode` split: the lookup model maps the store (page cache shared by every instance and model:
     ~0 private bytes), the dense model holds its weights per instance. `mode` inline: the one model
     holds every table inside its weights, per instance. `dense_onnx`: the ONNX whose weights Triton
-    loads (None when the build wrote none)."""
+    loads (None when the build wrote none); `dense_precisions`: split mode's dense ONNX per precision,
+    each served by its own ONNX Runtime backend model (`onerank_dense_onnx_<p>`, split_repository.py)."""
     from onerank_export.embeddings.limits import big_tables
 
     tables = {t.name: {"rows": t.rows, "dim": t.dim,
@@ -55,6 +58,10 @@ def memory_plan(config: OneRankConfig, mode: str, dense_onnx: Path | None, store
                                "holds": "memory-maps the store: one page cache shared by every instance"},
             "onerank_dense": {"private_bytes": dense, "shared_bytes": 0,
                               "holds": "its own copy of the dense weights (no item table)"}}
+        for precision, path in sorted((dense_precisions or {}).items()):
+            plan["per_triton_instance"][f"onerank_dense_onnx_{precision}"] = {
+                "private_bytes": initializer_bytes(path), "shared_bytes": 0,
+                "holds": f"its own copy of the {precision} dense weights (no item table)"}
     else:
         plan["per_triton_instance"] = {
             "onerank": {"private_bytes": dense, "shared_bytes": 0,

@@ -84,7 +84,8 @@ def _memory_plan(state: BuildState, config: OneRankConfig) -> dict:
     from onerank_export.precision import Precision
 
     if state.split is not None:
-        return memory_plan(config, "split", state.split.dense, state.options.embedding_dtype)
+        return memory_plan(config, "split", state.split.dense, state.options.embedding_dtype,
+                           {str(p): path for p, path in state.split_dense().items()})
     return memory_plan(config, "inline", state.onnx.get(Precision.FP32), None)
 
 
