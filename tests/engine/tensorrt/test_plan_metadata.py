@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from onerank_export import spec
 from onerank_export.engine.tensorrt.availability import tensorrt_unavailable_reason
-from onerank_export.engine.tensorrt.builder import custom_node_count, default_timing_cache_path, parser_error_line
+from onerank_export.engine.tensorrt.builder import default_timing_cache_path, onnx_facts, parser_error_line
 from onerank_export.engine.tensorrt.plan_metadata import (
     metadata_path,
     optimization_profile,
@@ -152,7 +152,7 @@ def test_custom_node_count(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20),
                                                       helper.make_opsetid("onerank", 1)]), path)
-    assert custom_node_count(path) == 1
+    assert onnx_facts(path)[1] == 1
 
 
 def test_plan_metadata_records_the_role_and_names_the_halves_plans(tmp_path):

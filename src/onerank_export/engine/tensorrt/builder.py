@@ -70,10 +70,6 @@ def default_timing_cache_path(tensorrt_version: str, compute_capability: str) ->
     return root / "onerank-export" / "tensorrt" / f"timing-trt{tensorrt_version}-sm{compute_capability}.cache"
 
 
-def custom_node_count(onnx_path: Path) -> int:
-    return onnx_facts(onnx_path)[1]
-
-
 def onnx_facts(onnx_path: Path) -> tuple[str, int]:
     """(the graph's role as its export recorded it, number of MatchingScore nodes)."""
     from onerank_export.export.metadata import GRAPH_KEY, model_metadata

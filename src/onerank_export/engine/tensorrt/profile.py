@@ -26,6 +26,7 @@ from pathlib import Path
 
 from onerank_export import spec
 from onerank_export.config import OneRankConfig
+from onerank_export.embeddings.split import DENSE_INPUT_NAMES, ROW_INPUTS
 from onerank_export.errors import StageError
 
 ProfileShapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
@@ -47,8 +48,6 @@ def input_names(config: OneRankConfig, role: str = SERVING) -> tuple[str, ...]:
     if role == CANDIDATE_SCORER:
         return scorer_input_names(config)
     if role == DENSE:
-        from onerank_export.embeddings.split import DENSE_INPUT_NAMES
-
         return DENSE_INPUT_NAMES
     raise StageError(f"unknown engine role {role!r} (known: {', '.join(ROLES)})")
 
@@ -59,7 +58,7 @@ def declared_inputs(config: OneRankConfig, role: str = SERVING) -> dict[str, tup
 
     states = {s.name: s for s in state_specs(config)}
     contract = {s.name: s for s in spec.INPUTS}
-    rows = _row_inputs()
+    rows = ROW_INPUTS
     out = {}
     for name in input_names(config, role):
         s = states.get(name) or contract[rows.get(name, name)]
@@ -74,7 +73,7 @@ def optimization_profile(config: OneRankConfig, role: str = SERVING) -> ProfileS
 
     states = {s.name: s for s in state_specs(config)}
     contract = {s.name: s for s in spec.INPUTS}
-    rows = _row_inputs()
+    rows = ROW_INPUTS
     out: ProfileShapes = {}
     for name in input_names(config, role):
         if name in states:
@@ -84,13 +83,6 @@ def optimization_profile(config: OneRankConfig, role: str = SERVING) -> ProfileS
         else:
             out[name] = spec.profile_shapes(config, contract[name])
     return out
-
-
-def _row_inputs() -> dict[str, str]:
-    """{row input: the id input it is looked up from} of the split dense graph."""
-    from onerank_export.embeddings.split import ROW_INPUTS
-
-    return dict(ROW_INPUTS)
 
 
 def onnx_input_dims(onnx_path: Path) -> dict[str, tuple[int | str, ...]]:
