@@ -113,21 +113,20 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
     half_metadata = _half_metadata(user_cache_engines or {})
     if "fp32" not in served:
         raise StageError("no fp32 ONNX to serve")
+    serves_plans = plan.target is Target.GPU and bool(engines)
+    plugin = plugin_parameters(plugin_library, out_dir) if serves_plans or user_cache_engines else {}
     warm = warmup_request(config)
     artifacts: dict[str, Path] = {}
     models: list[str] = []
-    plugin = str(plugin_library.relative_to(out_dir)) if plugin_library is not None and engines else None
-    if plan.target is Target.GPU and engines:
-        plugin_sha256 = sha256_file(plugin_library)  # one library for every plan
+    if serves_plans:
         for precision, path in sorted(engines.items()):
             name = f"onerank_trt_{precision}"
             cfg = mcfg.tensorrt_config(name, config, precision, plan, write_warmup(repo / name, warm))
-            cfg.parameters[PLUGIN_PARAMETER].string_value = plugin
-            cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = plugin_sha256
+            set_parameters(cfg, plugin)
             artifacts |= _write_model(repo / name, cfg, {"model.plan": path})
             models.append(name)
     if user_cache_engines:
-        models += write_user_cache_engines(repo, config, plan, half_metadata, plugin_library, out_dir, artifacts)
+        models += write_user_cache_engines(repo, config, plan, half_metadata, plugin, artifacts)
     if user_cache is not None and plan.target is Target.GPU:
         from onerank_export.serving.cached_repository import write_gpu_cached_model
 
@@ -150,7 +149,8 @@ def write_model_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
         artifacts |= _write_model(repo / CPU_MODEL, cfg, files)
         models.append(CPU_MODEL)
         python_model = CPU_MODEL
-    artifacts["triton_readme"] = write_text(repo / "README.md", launch_notes(plan, plugin))
+    artifacts["triton_readme"] = write_text(repo / "README.md",
+                                            launch_notes(plan, plugin.get(PLUGIN_PARAMETER) if engines else None))
     return ModelRepository(repo, plan, models, python_model, len(engines) if plan.target is Target.GPU else 0,
                            len(served), artifacts)
 
@@ -181,7 +181,7 @@ def _half_metadata(engines: Mapping[str, tuple[HalfEngine, HalfEngine]]) -> dict
 
 
 def write_user_cache_engines(repo: Path, config: OneRankConfig, plan: ServingPlan,
-                             halves: Mapping[tuple[str, str], HalfEngine], plugin_library: Path, out_dir: Path,
+                             halves: Mapping[tuple[str, str], HalfEngine], plugin: Mapping[str, str],
                              artifacts: dict[str, Path]) -> list[str]:
     """<prefix>_trt_<precision> per half and precision (serving/parameters.py); the I/O types are the ones
     the half's ONNX declared (recorded in the plan's metadata). Returns the model names; fills `artifacts`."""
@@ -193,11 +193,26 @@ def write_user_cache_engines(repo: Path, config: OneRankConfig, plan: ServingPla
         name = tensorrt_half_model(prefixes[role], precision)
         cfg = mcfg.user_cache_tensorrt_config(name, config, role, precision, plan, engine.io_dtypes)
         if role == "candidate_scorer":  # the encoder has no plugin node
-            cfg.parameters[PLUGIN_PARAMETER].string_value = str(plugin_library.relative_to(out_dir))
-            cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = sha256_file(plugin_library)
+            set_parameters(cfg, plugin)
         artifacts |= _write_model(repo / name, cfg, {"model.plan": engine.plan})
         models.append(name)
     return models
+
+
+def plugin_parameters(plugin_library: Path, out_dir: Path) -> dict[str, str]:
+    """What every TensorRT model with a MatchingScore node records about the plugin library its plan
+    needs: the library's path relative to the build directory and its sha256 (hashed once per repository)."""
+    try:
+        relative = Path(plugin_library).resolve().relative_to(Path(out_dir).resolve())
+    except ValueError:
+        raise StageError(f"plugin library {plugin_library} is outside the build directory {out_dir}; the "
+                         "engine stage copies it to plugins/ inside the build") from None
+    return {PLUGIN_PARAMETER: str(relative), PLUGIN_PARAMETER + ".sha256": sha256_file(plugin_library)}
+
+
+def set_parameters(cfg, parameters: Mapping[str, str]) -> None:
+    for key, value in parameters.items():
+        cfg.parameters[key].string_value = value
 
 
 def warmup_request(config: OneRankConfig, seed: int = 0) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import StageError
-from onerank_export.io import sha256_file, write_text
+from onerank_export.io import write_text
 from onerank_export.serving import model_config as mcfg
 from onerank_export.serving.parameters import (
     EMBEDDING_BACKEND_PARAMETER,
@@ -45,6 +45,8 @@ from onerank_export.serving.repository import (
     SplitModels,
     _write_model,
     launch_notes,
+    plugin_parameters,
+    set_parameters,
 )
 
 
@@ -75,13 +77,7 @@ def write_split_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
                          "engine is served beside the graph it was built from")
     for precision, path in dense.items():  # the lookup hands float32 rows to every dense model
         _require_contract_types(path, precision, LOOKUP_OUTPUT_NAMES)
-    plugin = None
-    if engines:
-        try:  # the plan configs name the library relative to the build directory
-            plugin = str(Path(plugin_library).resolve().relative_to(Path(out_dir).resolve()))
-        except ValueError:
-            raise StageError(f"plugin library {plugin_library} is outside the build directory {out_dir}; the "
-                             "engine stage copies it to plugins/ inside the build") from None
+    plugin = plugin_parameters(plugin_library, out_dir) if engines else {}
 
     repo = out_dir / REPOSITORY_DIR
     artifacts: dict[str, Path] = {}
@@ -94,15 +90,12 @@ def write_split_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
         artifacts |= _write_dense_onnx(repo / name, mcfg.dense_onnxruntime_config(name, config, precision, plan),
                                        path, plan.target)
         ensembles[f"onerank_onnx_{precision}"] = (name, precision)
-    if engines:
-        plugin_sha256 = sha256_file(plugin_library)  # one library for every plan
-        for precision, path in sorted(engines.items()):
-            name = dense_model_name("trt", precision)
-            cfg = mcfg.dense_tensorrt_config(name, config, precision, plan)
-            cfg.parameters[PLUGIN_PARAMETER].string_value = plugin
-            cfg.parameters[PLUGIN_PARAMETER + ".sha256"].string_value = plugin_sha256
-            artifacts |= _write_model(repo / name, cfg, {"model.plan": path})
-            ensembles[f"onerank_trt_{precision}"] = (name, precision)
+    for precision, path in sorted(engines.items()):
+        name = dense_model_name("trt", precision)
+        cfg = mcfg.dense_tensorrt_config(name, config, precision, plan)
+        set_parameters(cfg, plugin)
+        artifacts |= _write_model(repo / name, cfg, {"model.plan": path})
+        ensembles[f"onerank_trt_{precision}"] = (name, precision)
     python_model = None
     if plan.target is Target.CPU:  # what the bundled tritonserver (python backend only) serves
         artifacts |= _write_model(repo / DENSE_MODEL, mcfg.dense_python_config(DENSE_MODEL, config, plan),
@@ -114,8 +107,8 @@ def write_split_repository(out_dir: Path, config: OneRankConfig, plan: ServingPl
         artifacts |= _write_model(repo / ensemble, mcfg.ensemble_config(ensemble, config, LOOKUP_MODEL, step,
                                                                          precision), {})
         models.append(ensemble)
-    artifacts["triton_readme"] = write_text(repo / "README.md", launch_notes(plan, plugin)
-                                            + split_notes(plan.target, sorted(ensembles), ensembles))
+    artifacts["triton_readme"] = write_text(repo / "README.md", launch_notes(plan, plugin.get(PLUGIN_PARAMETER))
+                                            + split_notes(plan.target, ensembles))
     return ModelRepository(repo, plan, models, python_model, len(engines), len(dense), artifacts)
 
 
@@ -163,10 +156,11 @@ def _require_contract_types(path: Path, precision: str, rows: tuple[str, ...]) -
                              f"{wanted[value.name]}; export the {precision} dense graph with the contract's I/O types")
 
 
-def split_notes(target: Target, ensembles: list[str], steps: Mapping[str, tuple[str, str]] | None = None) -> str:
+def split_notes(target: Target, steps: Mapping[str, tuple[str, str]]) -> str:
     """The README section: what the ensembles are and how to serve them. `steps`: {ensemble: (its dense
     step, precision)}; the gpu launch command loads the fp32 TensorRT ensemble where there is one, else
-    the fp32 ONNX Runtime one (a name that does not exist fails an explicit-mode start)."""
+    the fp32 ONNX Runtime one (always written: a name that does not exist fails an explicit-mode start)."""
+    ensembles = sorted(steps)
     head = ("\n## Split mode (docs/embeddings.md)\n\n"
             f"The ensembles {', '.join(f'`{e}`' for e in ensembles)} each run `onerank_lookup` (python backend,\n"
             "KIND_CPU: it reads item rows from the embedding store, or Redis) and then a dense model on the\n"
@@ -178,9 +172,8 @@ def split_notes(target: Target, ensembles: list[str], steps: Mapping[str, tuple[
         return head + ("\n`onerank` runs the python-backend `onerank_dense` (what `onerank-export serve` loads\n"
                        "here); on NVIDIA's Triton container the `onerank_onnx_<p>` ensembles run the ONNX Runtime\n"
                        "backend's `onerank_dense_onnx_<p>` instead.\n")
-    steps = dict(steps or {})
     ensemble = "onerank_trt_fp32" if "onerank_trt_fp32" in steps else "onerank_onnx_fp32"
-    step = steps.get(ensemble, (ensemble.replace("onerank_", f"{DENSE_MODEL}_", 1), "fp32"))[0]
+    step = steps[ensemble][0]
     return head + ("\nOn a GPU host, NVIDIA's Triton container needs the python backend (for the lookup) beside\n"
                    "onnxruntime and tensorrt; the lookup model imports onerank_export and numpy (give its stub a\n"
                    "Python environment with the package: the python backend's EXECUTION_ENV_PATH parameter):\n\n"

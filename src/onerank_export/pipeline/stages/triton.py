@@ -3,11 +3,16 @@ Triton's schema and by the rules of its backend that the schema does not express
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from onerank_export.pipeline.result import StageResult, Status
 from onerank_export.pipeline.stages.base import Stage
 from onerank_export.pipeline.state import ENGINES, ONNX, ONNX_CPU, PLUGIN_LIBRARY, REPOSITORY, BuildState
 from onerank_export.precision import Precision
 from onerank_export.serving.profiles import ServingPlan, Target
+
+if TYPE_CHECKING:
+    from onerank_export.serving.repository import ModelRepository
 
 
 class TritonStage(Stage):
@@ -20,48 +25,44 @@ class TritonStage(Stage):
 
     def run(self, state: BuildState) -> StageResult:
         from onerank_export.serving.backend_rules import check_repository
-        from onerank_export.serving.repository import write_model_repository
 
-        if state.split is not None:
-            from onerank_export.serving.split_repository import write_split_repository
-
-            repo = write_split_repository(state.work, state.config, self.plan, state.split, state.split_dense(),
-                                          state.split_engines, state.plugin_library)
-            state.repository = repo
-            problems = check_repository(repo.path, self.plan.target.value)
-            metrics = {"models": repo.models, "python_model": repo.python_model, **self.plan.describe()}
-            if problems:
-                return StageResult(self.name, Status.FAILED, f"{len(problems)} backend rule(s) broken, first: "
-                                   f"{problems[0]}", repo.artifacts, metrics)
-            ensembles = sorted(m for m in repo.models if m == "onerank" or m.startswith(("onerank_onnx_",
-                                                                                         "onerank_trt_")))
-            return StageResult(self.name, Status.OK, f"model_repository/ target {self.plan.target}, split mode: "
-                               f"ensembles {', '.join(ensembles)} (onerank_lookup -> a dense model), "
-                               f"{len(repo.models)} models validated; the lookup reads the build's one store "
-                               "(../../embeddings)" + _unserved_split(state, self.plan), repo.artifacts, metrics)
-        if Precision.FP32 not in state.onnx:
+        if state.split is None and Precision.FP32 not in state.onnx:
             return StageResult.skipped(self.name, "no fp32 ONNX to serve")
-        repo = write_model_repository(state.work, state.config, self.plan, dict(state.onnx), dict(state.engines),
-                                      state.plugin_library, cpu_onnx=dict(state.onnx_cpu),
-                                      user_cache=state.user_cache,
-                                      user_cache_engines=(half_engines(state) if self.plan.target is Target.GPU
-                                                          else None))
+        repo, detail = self._write_split(state) if state.split is not None else self._write_inline(state)
         state.repository = repo
         metrics = {"models": repo.models, "python_model": repo.python_model, **self.plan.describe()}
         problems = check_repository(repo.path, self.plan.target.value)
         if problems:
             return StageResult(self.name, Status.FAILED, f"{len(problems)} backend rule(s) broken, first: "
                                f"{problems[0]}", repo.artifacts, metrics)
+        return StageResult(self.name, Status.OK, detail, repo.artifacts, metrics)
+
+    def _write_inline(self, state: BuildState) -> tuple[ModelRepository, str]:
+        from onerank_export.serving.repository import write_model_repository
+
         plan = self.plan
+        repo = write_model_repository(state.work, state.config, plan, dict(state.onnx), dict(state.engines),
+                                      state.plugin_library, cpu_onnx=dict(state.onnx_cpu),
+                                      user_cache=state.user_cache,
+                                      user_cache_engines=half_engines(state) if plan.target is Target.GPU else None)
         threads = f" x {plan.threads} thread(s)" if plan.threads else ""
-        return StageResult(self.name, Status.OK,
-                           f"model_repository/ target {plan.target} ({plan.target_reason.split(': ')[-1]}), "
-                           f"profile {plan.profile}: {len(repo.models)} models ({', '.join(repo.models)}), "
-                           f"{plan.instances} instance(s){threads} each"
-                           + (", onerank through the user-state cache" if state.user_cache else "")
-                           + "; every config.pbtxt parsed with Triton's "
-                           "ModelConfig and checked against its backend's rules" + _unserved(state, plan),
-                           repo.artifacts, metrics)
+        return repo, (f"model_repository/ target {plan.target} ({plan.target_reason.split(': ')[-1]}), "
+                      f"profile {plan.profile}: {len(repo.models)} models ({', '.join(repo.models)}), "
+                      f"{plan.instances} instance(s){threads} each"
+                      + (", onerank through the user-state cache" if state.user_cache else "")
+                      + "; every config.pbtxt parsed with Triton's ModelConfig and checked against its backend's "
+                      "rules" + _unserved(len(state.engines), plan))
+
+    def _write_split(self, state: BuildState) -> tuple[ModelRepository, str]:
+        from onerank_export.serving.split_repository import write_split_repository
+
+        plan = self.plan
+        repo = write_split_repository(state.work, state.config, plan, state.split, state.split_dense(),
+                                      state.split_engines, state.plugin_library)
+        ensembles = sorted(m for m in repo.models if m == "onerank" or m.startswith(("onerank_onnx_", "onerank_trt_")))
+        return repo, (f"model_repository/ target {plan.target}, split mode: ensembles {', '.join(ensembles)} "
+                      f"(onerank_lookup -> a dense model), {len(repo.models)} models validated; the lookup reads "
+                      "the build's one store (../../embeddings)" + _unserved(len(state.split_engines), plan, "dense "))
 
 
 def half_engines(state: BuildState) -> dict:
@@ -76,13 +77,7 @@ def half_engines(state: BuildState) -> dict:
     return {str(p): (half(enc), half(sc)) for p, (enc, sc) in state.user_cache_engines.items()}
 
 
-def _unserved_split(state: BuildState, plan: ServingPlan) -> str:
-    if state.split_engines and plan.target is not Target.GPU:
-        return f"; {len(state.split_engines)} dense TensorRT engine(s) built but not served (target {plan.target})"
-    return ""
-
-
-def _unserved(state: BuildState, plan: ServingPlan) -> str:
-    if state.engines and plan.target is not Target.GPU:
-        return f"; {len(state.engines)} TensorRT engine(s) built but not served (target {plan.target})"
+def _unserved(engines: int, plan: ServingPlan, kind: str = "") -> str:
+    if engines and plan.target is not Target.GPU:
+        return f"; {engines} {kind}TensorRT engine(s) built but not served (target {plan.target})"
     return ""
