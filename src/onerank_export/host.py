@@ -1,5 +1,6 @@
 """What this host has: a CUDA device or not, asked of the NVIDIA driver directly (no CUDA library of
-ours), so `--target auto`, `--engine auto`, the TensorRT runner and the `gpu` test marker agree."""
+ours), so `--target auto`, `--engine auto`, the TensorRT runner and the `gpu` test marker agree; and
+handing freed heap back to its OS between the build's stages (`release_freed_memory`)."""
 
 from __future__ import annotations
 

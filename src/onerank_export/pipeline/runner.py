@@ -68,8 +68,8 @@ def build(options: BuildOptions, ui: BuildUI | None = None, *, stages: list[Stag
             rss_after[stage.name] = peak_rss()  # the high-water mark so far: which stage raised it
         record = {"path": str(checkpoint),
                   "source": options.checkpoint_source, "sha256": state.checkpoint_sha256}
-        config = checkpoint_config(options.checkpoint)
-        manifest = build_manifest(work.path, state.config, record, options.describe(), results,
+        config = state.config  # the loaded model's (preflight read the same config.json)
+        manifest = build_manifest(work.path, config, record, options.describe(), results,
                                   embeddings=plan_embeddings(options, config).describe(),
                                   memory=memory_record(config, rss_after),
                                   memory_plan=_memory_plan(state, config))
