@@ -32,9 +32,10 @@ def describe_gate(gate: Verdict) -> str:
     return f"{gate.name} {value:.4g} (gate {op} {gate.limit:g})"
 
 
-def run_onnx(model: onnx.ModelProto | bytes, requests: RequestSet, batch_size: int = 256) -> np.ndarray:
+def run_onnx(model: onnx.ModelProto | bytes | str, requests: RequestSet, batch_size: int = 256) -> np.ndarray:
     """Scores [B, N, K] from ONNX Runtime CPU (the custom op runs from its FunctionProto), in the
-    session the product serves and verifies with (`cpu_session`: the CPU rewrite and settings)."""
+    session the product serves and verifies with (`cpu_session`: the CPU rewrite and settings).
+    `model`: a ModelProto, its bytes or a file path; every input the graph takes must be in `requests`."""
     from onerank_export.export.ort_session import cpu_session, default_threads
 
     session = cpu_session(model, default_threads())

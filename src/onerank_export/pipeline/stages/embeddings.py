@@ -117,31 +117,23 @@ class EmbeddingsStage(Stage):
         return CalibrationSettings(_STORE_PRECISION[options.embedding_dtype], seed=options.seed)
 
     def _judge(self, state: BuildState, table) -> tuple[list, list, object]:
-        """The reduced store through the precision stage's gates: dense(store rows) vs fp32 eager."""
-        import torch
-
-        from onerank_export.calibration.accuracy import apply_gates, compare
+        """The reduced store through the precision stage's gates: dense(store rows) vs fp32 eager, the fp32
+        dense graph on the model's own rows as the floor (what calibration/pipeline.py does for a model)."""
+        from onerank_export.calibration.accuracy import apply_gates, compare, run_onnx
         from onerank_export.calibration.data import prepare_data
-        from onerank_export.embeddings.split import ROW_INPUTS
-        from onerank_export.export.ort_session import cpu_session, default_threads
+        from onerank_export.embeddings.split import ROW_INPUTS, lookup_rows
+        from onerank_export.model.train import predict
 
         settings = self.settings(state.options)
-        precision = settings.precision
         requests = prepare_data(state.config, settings, state.options.calibration_data).evaluation
-        session = cpu_session(str(state.split.dense), default_threads())
         weight = state.model.item_emb.weight.detach().numpy()
-        reference, fp32, reduced = [], [], []
-        for feed in requests.batches(settings.batch_size):
-            with torch.inference_mode():
-                reference.append(state.model(**{k: torch.from_numpy(v) for k, v in feed.items()}).scores.numpy())
-            exact = {row: weight[feed[ids]] for row, ids in ROW_INPUTS.items()}
-            looked = {row: table.lookup(feed[ids]) for row, ids in ROW_INPUTS.items()}
-            fp32.append(session.run(None, {**feed, **exact})[0])
-            reduced.append(session.run(None, {**feed, **looked})[0])
-        ref = np.concatenate(reference).astype(np.float64)
-        accuracy = compare(ref, np.concatenate(reduced), requests, state.config.tasks, settings.gates.topk,
-                           np.concatenate(fp32))
-        gates = apply_gates(precision, accuracy, settings.gates, [])
+        dense = str(state.split.dense)
+        reference = predict(state.model.eval(), requests.contract).astype(np.float64)
+        fp32 = run_onnx(dense, requests.with_inputs(lambda r: {row: weight[r[ids]] for row, ids in ROW_INPUTS.items()}),
+                        settings.batch_size)
+        reduced = run_onnx(dense, requests.with_inputs(lambda r: lookup_rows(table, r)), settings.batch_size)
+        accuracy = compare(reference, reduced, requests, state.config.tasks, settings.gates.topk, fp32)
+        gates = apply_gates(settings.precision, accuracy, settings.gates, [])
         return [g for g in gates if not g.passed], gates, accuracy
 
 

@@ -87,7 +87,7 @@ class PrecisionStage(Stage):
                             report_dir=state.work / REPORTS_DIR, sets=sets)
         if outcome.model_path is not None:
             state.onnx[self.precision] = outcome.model_path
-        return self._result(state, outcome, f"onnx_{self.precision}")
+        return self._result(state, outcome, settings, f"onnx_{self.precision}")
 
     def _run_split(self, state: BuildState) -> StageResult:
         """Split mode: the dense graph converted, calibrated and judged on the rows the served lookup
@@ -108,11 +108,11 @@ class PrecisionStage(Stage):
         if outcome.model_path is not None:
             state.split_variants[self.precision] = outcome.model_path
         store = f" on rows of the {split.dtype} store" if split.dtype != "fp32" else ""
-        return self._result(state, outcome, f"onnx_dense_{self.precision}", f"dense graph{store}: ")
+        return self._result(state, outcome, settings, f"onnx_dense_{self.precision}", f"dense graph{store}: ")
 
-    def _result(self, state: BuildState, outcome, role: str, head: str = "") -> StageResult:
+    def _result(self, state: BuildState, outcome, settings: CalibrationSettings, role: str, head: str = ""
+                ) -> StageResult:
         options = state.options
-        settings = self.settings(options)
         artifacts = {"calibration_report": outcome.report_path, "calibration_plot": outcome.plot_path}
         if outcome.model_path is not None:
             artifacts |= onnx_artifacts(role, outcome.model_path)
