@@ -34,7 +34,7 @@ def open_lookup(parameters: Mapping[str, str], *, base=None, table: str = "item"
     config.pbtxt); a relative embedding_store is relative to `base` (the model directory). `rows`/`dim`: the
     dense model's expectations, checked at load (mmap) or at the first lookup Redis can answer (redis, lazy)."""
     params = {str(k).removeprefix("onerank."): v for k, v in parameters.items()}
-    backend = str(params.get("embedding_backend") or "mmap").strip().lower()
+    backend = backend_of(params)
     store = params.get("embedding_store") or None
     if store and base is not None:
         store = Path(base) / store
@@ -61,6 +61,13 @@ def open_lookup(parameters: Mapping[str, str], *, base=None, table: str = "item"
                       dim=dim, lazy=lazy, cluster=_flag(params, "embedding_redis_cluster"),
                       batch_rows=_number(params, "embedding_redis_batch_rows", LOOKUP_BATCH_ROWS, int),
                       socket_timeout=_number(params, "embedding_redis_timeout_s", 1.0, float))
+
+
+def backend_of(parameters: Mapping[str, str]) -> str:
+    """The backend the parameters name (`embedding_backend`, with or without the `onerank.` prefix), mmap
+    when unset; not validated here (open_lookup refuses an unknown one)."""
+    params = {str(k).removeprefix("onerank."): v for k, v in parameters.items()}
+    return str(params.get("embedding_backend") or "mmap").strip().lower()
 
 
 def _read_index(store) -> dict:

@@ -18,7 +18,6 @@ from onerank_export.errors import OneRankError, StageError
 from onerank_export.serving.model_config import read_config
 from onerank_export.serving.parameters import (
     CONFIG_PARAMETER,
-    EMBEDDING_BACKEND_PARAMETER,
     EMBEDDING_STORE_PARAMETER,
 )
 
@@ -26,7 +25,7 @@ from onerank_export.serving.parameters import (
 def check_lookup_stores(repository: Path, models: Iterable[str]) -> list[str]:
     """Open the store of each of `models` that memory-maps one; returns the models checked. A bad store
     is a one-line StageError naming the model and the store's problem."""
-    from onerank_export.embeddings.backends import open_lookup
+    from onerank_export.embeddings.backends import backend_of, open_lookup
 
     checked = []
     for name in models:
@@ -35,7 +34,7 @@ def check_lookup_stores(repository: Path, models: Iterable[str]) -> list[str]:
         params = {key: value.string_value for key, value in cfg.parameters.items()}
         if EMBEDDING_STORE_PARAMETER not in params:
             continue
-        if (params.get(EMBEDDING_BACKEND_PARAMETER) or "mmap").strip().lower() != "mmap":
+        if backend_of(params) != "mmap":
             continue
         config = json.loads(params[CONFIG_PARAMETER]) if CONFIG_PARAMETER in params else {}
         try:
