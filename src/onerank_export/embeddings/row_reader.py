@@ -30,9 +30,6 @@ class FileRows:
     def nbytes(self) -> int:
         return self.shape[0] * self.row_bytes
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def __getitem__(self, index) -> np.ndarray:
         flat = np.asarray(index, dtype=np.int64).reshape(-1)
         if flat.size and (flat.min() < 0 or flat.max() >= self.shape[0]):
