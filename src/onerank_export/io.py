@@ -75,10 +75,16 @@ def write_json(path: str | Path, data: Any, *, indent: int = 2, sort_keys: bool 
 
 
 def sha256_file(path: str | Path) -> str:
+    return sha256_files([path])
+
+
+def sha256_files(paths) -> str:
+    """One sha256 over the files' bytes in order, streamed (a checkpoint's weights are gigabytes at 10^7 rows)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 

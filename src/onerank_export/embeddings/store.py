@@ -28,7 +28,7 @@ import numpy as np
 
 from onerank_export.embeddings.row_reader import FileRows
 from onerank_export.errors import OneRankError
-from onerank_export.io import atomic_directory
+from onerank_export.io import atomic_directory, sha256_files
 
 FORMAT = "onerank-embedding-store"
 VERSION = 1
@@ -169,13 +169,8 @@ def _encode(block: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | Non
 
 
 def _checkpoint_sha256(directory: Path) -> str:
-    """The same digest as model/checkpoint.py checkpoint_digest (config.json then weights), streamed."""
-    h = hashlib.sha256()
-    for name in (_CONFIG_FILE, _WEIGHTS_FILE):
-        with open(directory / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    """model/checkpoint.py checkpoint_digest's digest (config.json then weights), without importing torch."""
+    return sha256_files([directory / _CONFIG_FILE, directory / _WEIGHTS_FILE])
 
 
 # ----- reading ---------------------------------------------------------------------------------
@@ -308,12 +303,9 @@ def _checked_memmap(path: Path, dtype: np.dtype, shape: tuple[int, ...], where: 
                          f"({' x '.join(map(str, shape))} {dtype.name}); the file is truncated or corrupt: "
                          "rebuild the store")
     if sha256 is not None:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        if h.hexdigest() != sha256:
-            raise StoreError(f"{where}: file {path.name} sha256 {h.hexdigest()[:12]}... does not match the index "
+        actual = sha256_files([path])
+        if actual != sha256:
+            raise StoreError(f"{where}: file {path.name} sha256 {actual[:12]}... does not match the index "
                              f"({str(sha256)[:12]}...); the file is corrupt: rebuild the store")
     return np.memmap(path, dtype=dtype, mode="r", shape=shape) if mapped else FileRows(path, dtype, shape)
 

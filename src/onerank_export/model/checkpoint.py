@@ -7,7 +7,6 @@ CheckpointError naming the tensor.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from onerank_export.config import OneRankConfig
 from onerank_export.errors import CheckpointError, ConfigError
+from onerank_export.io import sha256_files
 from onerank_export.model.onerank import OneRankModel
 
 CONFIG_FILE = "config.json"
@@ -92,12 +92,7 @@ def _all_finite(tensor: torch.Tensor, chunk: int = 1 << 24) -> bool:
 def checkpoint_digest(directory: str | Path) -> str:
     """sha256 over config.json and model.safetensors: identifies a checkpoint in the manifest."""
     directory = _checkpoint_dir(directory)
-    h = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        with open(directory / name, "rb") as f:  # streamed: the weights are gigabytes at 10^7 rows
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return sha256_files([directory / CONFIG_FILE, directory / WEIGHTS_FILE])
 
 
 def _checkpoint_dir(directory: str | Path) -> Path:
